@@ -1,0 +1,1 @@
+//! Real KVM backend (see issue: real backend). Placeholder crate root.

@@ -1,0 +1,185 @@
+//! A page bitmap with a maintained population count, word-level bulk operations, and
+//! conversion to address ranges.
+
+/// One bit per page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bitmap {
+    words: Vec<u64>,
+    len: u64,
+    count: u64,
+}
+
+impl Bitmap {
+    pub fn new(len: u64) -> Self {
+        Bitmap {
+            words: vec![0; len.div_ceil(64) as usize],
+            len,
+            count: 0,
+        }
+    }
+
+    pub fn full(len: u64) -> Self {
+        let mut b = Bitmap::new(len);
+        b.words.iter_mut().for_each(|w| *w = !0);
+        b.trim();
+        b.count = len;
+        b
+    }
+
+    fn trim(&mut self) {
+        let rem = self.len % 64;
+        if rem != 0 {
+            if let Some(last) = self.words.last_mut() {
+                *last &= (1u64 << rem) - 1;
+            }
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Number of set bits.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
+    #[inline]
+    pub fn get(&self, i: u64) -> bool {
+        self.words[(i / 64) as usize] >> (i % 64) & 1 == 1
+    }
+
+    /// Set bit `i`; returns true if it was clear.
+    #[inline]
+    pub fn set(&mut self, i: u64) -> bool {
+        let w = &mut self.words[(i / 64) as usize];
+        let m = 1u64 << (i % 64);
+        let was_clear = *w & m == 0;
+        *w |= m;
+        self.count += was_clear as u64;
+        was_clear
+    }
+
+    /// Clear bit `i`; returns true if it was set.
+    #[inline]
+    pub fn clear(&mut self, i: u64) -> bool {
+        let w = &mut self.words[(i / 64) as usize];
+        let m = 1u64 << (i % 64);
+        let was_set = *w & m != 0;
+        *w &= !m;
+        self.count -= was_set as u64;
+        was_set
+    }
+
+    pub fn clear_all(&mut self) {
+        self.words.iter_mut().for_each(|w| *w = 0);
+        self.count = 0;
+    }
+
+    /// `self |= other`.
+    pub fn or_with(&mut self, other: &Bitmap) {
+        assert_eq!(self.len, other.len, "bitmaps of different sizes");
+        let mut count = 0;
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            *a |= *b;
+            count += a.count_ones() as u64;
+        }
+        self.count = count;
+    }
+
+    /// OR a raw little-endian word slice (e.g. a KVM dirty log) into this bitmap.
+    pub fn or_words(&mut self, other: &[u64]) {
+        assert_eq!(self.words.len(), other.len(), "bitmaps of different sizes");
+        let mut count = 0;
+        for (a, b) in self.words.iter_mut().zip(other) {
+            *a |= *b;
+            count += a.count_ones() as u64;
+        }
+        self.trim();
+        self.count = count;
+    }
+
+    /// Word `wi` of the bitmap.
+    #[inline]
+    pub fn word(&self, wi: usize) -> u64 {
+        self.words[wi]
+    }
+
+    /// Set word `wi` to `v` keeping the count right.
+    #[inline]
+    pub fn set_word(&mut self, wi: usize, v: u64) {
+        let old = self.words[wi];
+        self.count = self.count - old.count_ones() as u64 + v.count_ones() as u64;
+        self.words[wi] = v;
+    }
+
+    /// Iterate over set bits in increasing order.
+    pub fn iter_ones(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().enumerate().flat_map(|(wi, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    None
+                } else {
+                    let b = w.trailing_zeros() as u64;
+                    w &= w - 1;
+                    Some(wi as u64 * 64 + b)
+                }
+            })
+        })
+    }
+
+    /// Maximal runs of set bits as `(first, len)` pairs, in address order.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for i in self.iter_ones() {
+            match out.last_mut() {
+                Some((s, l)) if *s + *l == i => *l += 1,
+                _ => out.push((i, 1)),
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn count_and_ranges_match_a_naive_model(len in 1u64..400, ops in proptest::collection::vec((0u64..400, any::<bool>()), 0..300)) {
+            let mut b = Bitmap::new(len);
+            let mut naive = vec![false; len as usize];
+            for (i, set) in ops {
+                let i = i % len;
+                if set {
+                    prop_assert_eq!(b.set(i), !naive[i as usize]);
+                } else {
+                    prop_assert_eq!(b.clear(i), naive[i as usize]);
+                }
+                naive[i as usize] = set;
+            }
+            prop_assert_eq!(b.count(), naive.iter().filter(|&&x| x).count() as u64);
+            let ones: Vec<u64> = b.iter_ones().collect();
+            let naive_ones: Vec<u64> = (0..len).filter(|&i| naive[i as usize]).collect();
+            prop_assert_eq!(&ones, &naive_ones);
+            // Ranges cover exactly the set bits, are maximal and ordered.
+            let ranges = b.ranges();
+            let expanded: Vec<u64> = ranges.iter().flat_map(|&(s, l)| s..s + l).collect();
+            prop_assert_eq!(&expanded, &naive_ones);
+            for w in ranges.windows(2) {
+                prop_assert!(w[0].0 + w[0].1 < w[1].0);
+            }
+            let mut full = Bitmap::new(len);
+            full.or_with(&Bitmap::full(len));
+            prop_assert_eq!(full.count(), len);
+        }
+    }
+}

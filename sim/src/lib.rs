@@ -1,0 +1,21 @@
+//! migsim's simulator: a discrete-event model of VM live migration.
+//!
+//! ```text
+//!  scenario ──check──> Checked ──simulate──> RunResult (RunReport + RoundRecord per round)
+//!                          │
+//!    engine (EventQueue: integer ns, (time, seq) order; knows nothing of migration)
+//!    migration (memory bitmaps, paced link, dirty-log syncs, stop-and-copy)
+//!    policy (Observation -> Decision; shared with the KVM backend)
+//!    metrics (records, CSV / JSON exporters)
+//! ```
+
+pub mod bitmap;
+pub mod engine;
+pub mod metrics;
+pub mod migration;
+pub mod policy;
+pub mod scenario;
+
+pub use metrics::{RunReport, RunResult, Status};
+pub use migration::simulate;
+pub use scenario::{Checked, Scenario, ScenarioError};

@@ -1,0 +1,45 @@
+//! Command-line interface: argument parsing and one module per command.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+pub mod output;
+mod run;
+mod scenario_cmd;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "migsim",
+    version,
+    about = "Predict (and measure) the blackout and duration of VM live migrations"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Simulate one migration (the built-in default scenario if no file is given).
+    Run(run::RunArgs),
+    /// Print or validate scenario files.
+    Scenario(scenario_cmd::ScenarioArgs),
+}
+
+/// Exit code for bad input (unreadable or invalid files, bad arguments).
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Scenario(a) => scenario_cmd::run(a),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}

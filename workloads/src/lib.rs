@@ -1,0 +1,18 @@
+//! Page-dirtying workload models.
+//!
+//! One [`WorkloadSpec`] (from a scenario file) is checked against a VM's size into a
+//! [`Workload`], which a [`WriteStream`] turns into a deterministic sequence of page writes in
+//! guest time. The simulator applies those writes to its dirty bitmap; the KVM backend's guest
+//! performs the very same writes, so both backends see the same workload.
+//!
+//! ```text
+//!   WorkloadSpec --check(mem, page)--> Workload --WriteStream::new(seed)--> advance_to(t, |page| ..)
+//! ```
+
+pub mod spec;
+pub mod stream;
+pub mod units;
+
+pub use spec::{FieldError, Workload, WorkloadSpec};
+pub use stream::{hash_str, mix64, writes_by, WriteStream};
+pub use units::{Bandwidth, ByteSize, GIB, KIB, MIB};

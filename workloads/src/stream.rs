@@ -1,0 +1,295 @@
+//! Deterministic generation of page writes from a checked [`Workload`].
+//!
+//! Each class writes at its own constant rate: write number `k` (1-based) of a class happens at
+//! guest time `k / rate`, so the number of writes by guest time `t` is `floor(t · rate)`. Which page
+//! each write touches is drawn from a per-class `Pcg64Mcg` generator seeded from the run's seed and
+//! the class index, so the same spec and seed give the same page sequence on every platform and in
+//! both backends.
+
+use crate::spec::{Class, Pattern, Workload};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use rand_pcg::Pcg64Mcg;
+
+/// Stable 64-bit mix of two values (SplitMix64 finaliser). Used to derive independent seeds.
+pub fn mix64(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Stable hash of a string (FNV-1a), for deriving seeds from names.
+pub fn hash_str(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Number of writes a class at `rate_pps` has made by guest time `t_ns` (inclusive).
+#[inline]
+pub fn writes_by(rate_pps: f64, t_ns: u64) -> u64 {
+    (t_ns as f64 * rate_pps / 1e9).floor() as u64
+}
+
+struct ClassStream {
+    first_page: u64,
+    pages: u64,
+    rate_pps: f64,
+    pattern: Pattern,
+    rng: Pcg64Mcg,
+    zipf: Option<Zipf<f64>>,
+    emitted: u64,
+}
+
+impl ClassStream {
+    fn new(class: &Class, seed: u64) -> Self {
+        let zipf = match class.pattern {
+            // Parameters were checked (pages > 0, exponent > 0), so construction cannot fail.
+            Pattern::Zipf { exponent } => Zipf::new(class.pages, exponent).ok(),
+            _ => None,
+        };
+        ClassStream {
+            first_page: class.first_page,
+            pages: class.pages,
+            rate_pps: class.rate_pps,
+            pattern: class.pattern,
+            rng: Pcg64Mcg::seed_from_u64(seed),
+            zipf,
+            emitted: 0,
+        }
+    }
+
+    #[inline]
+    fn advance<F: FnMut(u64)>(&mut self, local_ns: u64, sink: &mut F) -> u64 {
+        let target = writes_by(self.rate_pps, local_ns);
+        let n = target.saturating_sub(self.emitted);
+        match self.pattern {
+            Pattern::Uniform => {
+                for _ in 0..n {
+                    sink(self.first_page + self.rng.gen_range(0..self.pages));
+                }
+            }
+            Pattern::Sequential => {
+                for i in 0..n {
+                    sink(self.first_page + (self.emitted + i) % self.pages);
+                }
+            }
+            Pattern::Zipf { .. } => {
+                if let Some(z) = &self.zipf {
+                    for _ in 0..n {
+                        let rank = z.sample(&mut self.rng) as u64;
+                        sink(self.first_page + (rank.max(1) - 1).min(self.pages - 1));
+                    }
+                }
+            }
+        }
+        self.emitted = self.emitted.max(target);
+        n
+    }
+}
+
+enum Inner {
+    Classes(Vec<ClassStream>),
+    Phased {
+        phases: Vec<(u64, Vec<Class>)>,
+        repeat: bool,
+        /// Index of the current phase instance (cycle × phases + phase).
+        instance: u64,
+        start_ns: u64,
+        current: Vec<ClassStream>,
+    },
+}
+
+/// A deterministic source of page writes in guest time.
+pub struct WriteStream {
+    seed: u64,
+    inner: Inner,
+    now_ns: u64,
+    total: u64,
+}
+
+fn class_streams(classes: &[Class], seed: u64, instance: u64) -> Vec<ClassStream> {
+    classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ClassStream::new(c, mix64(mix64(seed, instance), i as u64)))
+        .collect()
+}
+
+impl WriteStream {
+    pub fn new(workload: &Workload, seed: u64) -> Self {
+        let inner = match workload {
+            Workload::Classes(c) => Inner::Classes(class_streams(c, seed, 0)),
+            Workload::Phased { phases, repeat } => Inner::Phased {
+                current: class_streams(&phases[0].1, seed, 0),
+                phases: phases.clone(),
+                repeat: *repeat,
+                instance: 0,
+                start_ns: 0,
+            },
+        };
+        WriteStream {
+            seed,
+            inner,
+            now_ns: 0,
+            total: 0,
+        }
+    }
+
+    /// Guest time up to which writes have been emitted.
+    pub fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+
+    /// Total writes emitted so far.
+    pub fn total_writes(&self) -> u64 {
+        self.total
+    }
+
+    /// Emit every write with guest time in `(now, t_ns]`, in no particular order across classes
+    /// (order within a class is preserved). Calls with `t_ns` ≤ now emit nothing.
+    pub fn advance_to<F: FnMut(u64)>(&mut self, t_ns: u64, mut sink: F) {
+        if t_ns <= self.now_ns {
+            return;
+        }
+        let seed = self.seed;
+        match &mut self.inner {
+            Inner::Classes(cs) => {
+                for c in cs.iter_mut() {
+                    self.total += c.advance(t_ns, &mut sink);
+                }
+            }
+            Inner::Phased {
+                phases,
+                repeat,
+                instance,
+                start_ns,
+                current,
+            } => loop {
+                let n_phases = phases.len() as u64;
+                let idx = (*instance % n_phases) as usize;
+                let dur = phases[idx].0;
+                let last = !*repeat && *instance + 1 >= n_phases;
+                let end = start_ns.saturating_add(dur);
+                if last || t_ns < end {
+                    for c in current.iter_mut() {
+                        self.total += c.advance(t_ns - *start_ns, &mut sink);
+                    }
+                    break;
+                }
+                for c in current.iter_mut() {
+                    self.total += c.advance(dur, &mut sink);
+                }
+                *instance += 1;
+                *start_ns = end;
+                let next = (*instance % n_phases) as usize;
+                *current = class_streams(&phases[next].1, seed, *instance);
+            },
+        }
+        self.now_ns = t_ns;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::*;
+    use crate::units::{ByteSize, MIB};
+
+    fn uniform(wss_pages: u64, rate: f64) -> Workload {
+        WorkloadSpec::Uniform(UniformSpec {
+            wss: ByteSize(wss_pages * 4096),
+            rate_pps: rate,
+            offset: ByteSize(0),
+        })
+        .check(1 << 20, 4096, "workload")
+        .unwrap()
+    }
+
+    #[test]
+    fn same_seed_same_sequence_and_chunking_does_not_matter() {
+        let w = uniform(1000, 5000.0);
+        let mut a = Vec::new();
+        let mut s = WriteStream::new(&w, 7);
+        s.advance_to(1_000_000_000, |p| a.push(p));
+        let mut b = Vec::new();
+        let mut s = WriteStream::new(&w, 7);
+        for step in 1..=1000u64 {
+            s.advance_to(step * 1_000_000, |p| b.push(p));
+        }
+        assert_eq!(a.len(), 5000);
+        assert_eq!(a, b);
+        let mut c = Vec::new();
+        WriteStream::new(&w, 8).advance_to(1_000_000_000, |p| c.push(p));
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn scan_is_sequential_and_wraps() {
+        let w = WorkloadSpec::Scan(ScanSpec {
+            wss: Some(ByteSize(10 * 4096)),
+            rate_pps: 1000.0,
+            offset: ByteSize(4096),
+        })
+        .check(100, 4096, "w")
+        .unwrap();
+        let mut v = Vec::new();
+        WriteStream::new(&w, 1).advance_to(12_000_000, |p| v.push(p));
+        assert_eq!(v, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 2]);
+    }
+
+    #[test]
+    fn phases_switch_on_guest_time() {
+        let spec = WorkloadSpec::Phased(PhasedSpec {
+            phases: vec![
+                PhaseSpec {
+                    duration_ms: 10.0,
+                    workload: WorkloadSpec::Scan(ScanSpec {
+                        wss: Some(ByteSize(MIB)),
+                        rate_pps: 1000.0,
+                        offset: ByteSize(0),
+                    }),
+                },
+                PhaseSpec {
+                    duration_ms: 10.0,
+                    workload: WorkloadSpec::Idle(IdleSpec { rate_pps: 0.0 }),
+                },
+            ],
+            repeat: true,
+        });
+        let w = spec.check(1024, 4096, "w").unwrap();
+        let mut s = WriteStream::new(&w, 3);
+        let mut v = Vec::new();
+        s.advance_to(40_000_000, |p| v.push(p));
+        // 10 writes in each active phase, none in the idle ones; the scan restarts each instance.
+        assert_eq!(v.len(), 20);
+        assert_eq!(&v[..10], &(0..10).collect::<Vec<_>>()[..]);
+        assert_eq!(&v[10..], &(0..10).collect::<Vec<_>>()[..]);
+    }
+
+    #[test]
+    fn zipf_prefers_low_ranks() {
+        let w = WorkloadSpec::Zipf(ZipfSpec {
+            wss: ByteSize(1000 * 4096),
+            rate_pps: 10000.0,
+            exponent: 1.0,
+            offset: ByteSize(0),
+        })
+        .check(1000, 4096, "w")
+        .unwrap();
+        let mut hits = vec![0u32; 1000];
+        WriteStream::new(&w, 9).advance_to(10_000_000_000, |p| hits[p as usize] += 1);
+        assert!(
+            hits[0] > 10 * hits[99].max(1),
+            "{} vs {}",
+            hits[0],
+            hits[99]
+        );
+        assert!(hits.iter().all(|&h| h < 100_000));
+    }
+}
