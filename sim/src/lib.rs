@@ -19,3 +19,5 @@ pub mod scenario;
 pub use metrics::{RunReport, RunResult, Status};
 pub use migration::simulate;
 pub use scenario::{Checked, Scenario, ScenarioError};
+#[cfg(test)]
+mod tests;

@@ -225,6 +225,13 @@ impl<'a> Sim<'a> {
     }
 
     fn observe(&self, trigger: Trigger, t: Nanos) -> Observation {
+        // Bytes of the chunk in flight that have not left yet do not count as sent.
+        let in_flight = if self.link_busy_until > t {
+            (((self.link_busy_until - t) as f64 * self.precopy_bps / 8e9) as u64)
+                .min(self.round_bytes)
+        } else {
+            0
+        };
         Observation {
             trigger,
             elapsed_ns: t,
@@ -232,9 +239,9 @@ impl<'a> Sim<'a> {
             mem_bytes: self.ck.mem_bytes(),
             page_size: self.ck.page_size,
             page_wire_bytes: self.page_wire,
-            total_bytes_sent: self.total_bytes,
+            total_bytes_sent: self.total_bytes - in_flight,
             total_pages_sent: self.total_pages,
-            round_bytes_sent: self.round_bytes,
+            round_bytes_sent: self.round_bytes - in_flight,
             round_pages_sent: self.round_pages,
             remaining_pages: self.send.count(),
             dirty_pages: self.dirty.count(),

@@ -299,7 +299,7 @@ impl Scenario {
         let mem = self.vm.memory.0;
         if mem == 0 {
             errs.push(FieldError::new("vm.memory", "must be larger than zero"));
-        } else if page_ok && mem % page_size != 0 {
+        } else if page_ok && !mem.is_multiple_of(page_size) {
             errs.push(FieldError::new(
                 "vm.memory",
                 format!(
@@ -373,7 +373,7 @@ impl Scenario {
         }
         errs.extend(self.policy.check("policy"));
         let mut workload = None;
-        if mem > 0 && page_ok && mem % page_size == 0 {
+        if mem > 0 && page_ok && mem.is_multiple_of(page_size) {
             match self.workload.check(mem / page_size, page_size, "workload") {
                 Ok(w) => {
                     let writes = max_rate(&w) * t;

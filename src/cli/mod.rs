@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod bench;
 pub mod output;
 mod run;
 mod scenario_cmd;
@@ -24,6 +25,8 @@ enum Command {
     Run(run::RunArgs),
     /// Print or validate scenario files.
     Scenario(scenario_cmd::ScenarioArgs),
+    /// Measure the simulator's speed on reference cases (prints a table).
+    Bench(bench::BenchArgs),
 }
 
 /// Exit code for bad input (unreadable or invalid files, bad arguments).
@@ -34,6 +37,7 @@ pub fn main() -> ExitCode {
     let res = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Scenario(a) => scenario_cmd::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     match res {
         Ok(code) => code,
