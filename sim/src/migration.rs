@@ -270,13 +270,15 @@ impl<'a> Sim<'a> {
         let (mut n, mut overlap, mut unzeroed) = (0u64, 0u64, 0u64);
         if self.probe.is_some() {
             // The oracle needs |send ∪ dirty| and |send ∩ zero| at every chunk: keep them exact.
+            // (No short-circuit `&&` around the mutating calls: both must always run, and the
+            // release build of rustc 1.95 was seen to drop the count update of `set` in
+            // `if dirty.set(p) && send.get(p)`.)
             self.stream.advance_to(g, |p| {
-                if dirty.set(p) && send.get(p) {
-                    overlap += 1;
-                }
-                if zero.clear(p) && send.get(p) {
-                    unzeroed += 1;
-                }
+                let newly_dirty = dirty.set(p);
+                let newly_nonzero = zero.clear(p);
+                let in_send = send.get(p) as u64;
+                overlap += newly_dirty as u64 & in_send;
+                unzeroed += newly_nonzero as u64 & in_send;
                 n += 1;
             });
         } else if zero.count() == 0 {

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod bench;
+mod compare;
 pub mod output;
 mod run;
 mod scenario_cmd;
@@ -25,6 +26,8 @@ enum Command {
     Run(run::RunArgs),
     /// Print or validate scenario files.
     Scenario(scenario_cmd::ScenarioArgs),
+    /// Run several policies on the identical write trace and compare them with the oracle.
+    Compare(compare::CompareArgs),
     /// Measure the simulator's speed on reference cases (prints a table).
     Bench(bench::BenchArgs),
 }
@@ -38,6 +41,7 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Scenario(a) => scenario_cmd::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Compare(a) => compare::run(a),
     };
     match res {
         Ok(code) => code,
