@@ -23,3 +23,5 @@ pub use migration::{oracle, simulate_probed, Oracle, OracleCaps};
 pub use scenario::{Checked, Scenario, ScenarioError};
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_policies;

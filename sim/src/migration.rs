@@ -183,6 +183,7 @@ struct Sim<'a> {
     round_bytes: u64,
     round_pages: u64,
     round_zero: u64,
+    round_start_writes: u64,
     last_round: Option<RoundSummary>,
     last_bw: f64,
     rounds: Vec<RoundRecord>,
@@ -251,6 +252,7 @@ impl<'a> Sim<'a> {
             round_bytes: 0,
             round_pages: 0,
             round_zero: 0,
+            round_start_writes: 0,
             last_round: None,
             last_bw: precopy_bps,
             rounds: Vec::new(),
@@ -297,7 +299,8 @@ impl<'a> Sim<'a> {
     }
 
     fn set_throttle_ppm(&mut self, t: Nanos, ppm: u64) {
-        let ppm = ppm.min(990_000);
+        // Throttle decisions are capped at 99 % by the policies; a dirty-rate limit may go further.
+        let ppm = ppm.min(999_900);
         self.anchor_guest = self.guest_time(t);
         self.anchor_wall = t;
         self.throttle_ppm = ppm;
@@ -374,7 +377,9 @@ impl<'a> Sim<'a> {
             bandwidth_bps: bw,
             est_downtime_ns: transfer_ns(self.pending_pages() * self.page_wire, est_bw),
             throttle_pct: self.throttle_pct(),
+            guest_writes: self.guest_writes - self.round_start_writes,
         });
+        self.round_start_writes = self.guest_writes;
         self.last_round = Some(RoundSummary {
             round: self.round,
             duration_ns: dur,
@@ -602,7 +607,7 @@ impl<'a> Sim<'a> {
                 why,
             },
             Decision::Throttle(pct) => {
-                self.set_throttle_ppm(t, pct as u64 * 10_000);
+                self.set_throttle_ppm(t, pct.min(99) as u64 * 10_000);
                 self.apply(Decision::Continue, t, round_end)
             }
             Decision::LimitDirtyRate(pps) => {
