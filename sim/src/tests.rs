@@ -3,6 +3,7 @@
 use crate::metrics::{self, Status};
 use crate::migration::transfer_ns;
 use crate::policy::*;
+use crate::scenario::Mode;
 use crate::scenario::*;
 use crate::simulate;
 use workloads::spec::{IdleSpec, ScanSpec, UniformSpec};
@@ -497,4 +498,47 @@ fn engine_matches_a_naive_per_page_model_on_small_vms() {
             assert_eq!(res.report.pages_resent, resent);
         }
     }
+}
+
+#[test]
+fn fluid_mode_tracks_the_exact_engine_on_round_based_policies() {
+    // No writes: both modes must agree to the nanosecond-rounding level.
+    let mut s = base(
+        256,
+        idle0(),
+        PolicySpec::Hyperv2008R2(HypervSpec::default()),
+    );
+    let exact = simulate(&s.clone().check().unwrap(), 0).report;
+    s.mode = Mode::Fluid;
+    let fluid = simulate(&s.clone().check().unwrap(), 0).report;
+    assert_eq!(fluid.backend, "fluid");
+    assert!(
+        fluid.total_time_ns.abs_diff(exact.total_time_ns) < 1_000,
+        "{} vs {}",
+        fluid.total_time_ns,
+        exact.total_time_ns
+    );
+    assert_eq!(fluid.rounds, exact.rounds);
+    // A converging uniform workload: per-round dirty counts follow W(1 − e^(−n/W)).
+    let w = WorkloadSpec::Uniform(UniformSpec {
+        wss: ByteSize(64 * MIB),
+        rate_pps: 8000.0,
+        offset: ByteSize(0),
+    });
+    let mut s = base(1024, w, PolicySpec::Hyperv2008R2(HypervSpec::default()));
+    let exact = simulate(&s.clone().check().unwrap(), 0);
+    s.mode = Mode::Fluid;
+    let fluid = simulate(&s.clone().check().unwrap(), 0);
+    let rel = |a: u64, b: u64| (a as f64 - b as f64).abs() / b as f64;
+    assert!(rel(fluid.report.total_time_ns, exact.report.total_time_ns) < 0.02);
+    for (f, e) in fluid.rounds.iter().zip(&exact.rounds).take(3) {
+        assert!(
+            rel(f.pages_dirtied, e.pages_dirtied) < 0.03,
+            "{f:?} vs {e:?}"
+        );
+    }
+    // The geometric model ignores the working set, so it overestimates the dirty set.
+    s.mode = Mode::Analytic;
+    let an = simulate(&s.check().unwrap(), 0);
+    assert!(an.rounds[0].pages_dirtied > 2 * exact.rounds[0].pages_dirtied);
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod compare;
+mod crosscheck;
 pub mod output;
 mod run;
 mod scenario_cmd;
@@ -28,6 +29,8 @@ enum Command {
     Scenario(scenario_cmd::ScenarioArgs),
     /// Run several policies on the identical write trace and compare them with the oracle.
     Compare(compare::CompareArgs),
+    /// Compare fluid and analytic mode with the exact engine on a generated grid.
+    Crosscheck(crosscheck::CrosscheckArgs),
     /// Measure the simulator's speed on reference cases (prints a table).
     Bench(bench::BenchArgs),
 }
@@ -42,6 +45,7 @@ pub fn main() -> ExitCode {
         Command::Scenario(a) => scenario_cmd::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::Crosscheck(a) => crosscheck::run(a),
     };
     match res {
         Ok(code) => code,
