@@ -6,6 +6,13 @@ use std::process::ExitCode;
 pub mod output;
 mod run;
 mod scenario_cmd;
+// Research / CI harness (issue 5).
+mod check;
+mod manifest;
+mod merge;
+mod plot;
+mod sweep;
+mod table;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,6 +31,14 @@ enum Command {
     Run(run::RunArgs),
     /// Print or validate scenario files.
     Scenario(scenario_cmd::ScenarioArgs),
+    /// Run a parameter sweep (cartesian product of scenario variations), resumably.
+    Sweep(sweep::SweepArgs),
+    /// Merge the shard directories of one sweep.
+    Merge(merge::MergeArgs),
+    /// Draw plots (SVG/PNG) from a results directory.
+    Plot(plot::PlotArgs),
+    /// Check downtime budgets: exit 0 when all hold, 1 when any is exceeded, 2 on a bad file.
+    Check(check::CheckArgs),
 }
 
 /// Exit code for bad input (unreadable or invalid files, bad arguments).
@@ -34,6 +49,10 @@ pub fn main() -> ExitCode {
     let res = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Scenario(a) => scenario_cmd::run(a),
+        Command::Sweep(a) => sweep::run(a),
+        Command::Merge(a) => merge::run(a),
+        Command::Plot(a) => plot::run(a),
+        Command::Check(a) => check::run(a),
     };
     match res {
         Ok(code) => code,
