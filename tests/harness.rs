@@ -152,7 +152,7 @@ fn interrupted_sweep_resumes_to_the_same_bytes() {
             l.split(',')
                 .next()
                 .and_then(|s| s.parse::<usize>().ok())
-                .map_or(true, |id| id < 14)
+                .is_none_or(|id| id < 14)
         })
         .map(|l| format!("{l}\n"))
         .collect();

@@ -352,7 +352,7 @@ fn draw<DB: DrawingBackend>(
 }
 
 /// A title strip on top; returns the area below it.
-fn titled<'a, DB: DrawingBackend>(
+fn titled<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
     note: &str,

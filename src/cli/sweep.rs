@@ -147,6 +147,15 @@ pub fn parse_spec(text: &str, path: &Path) -> Result<SweepSpec> {
             );
         }
     }
+    let mut axes: Vec<(usize, Axis)> = Vec::new();
+    for (key, v) in f.axes {
+        let at = v.span().start;
+        let field = format!("axes.\"{key}\"");
+        check_path(&key).map_err(|e| anyhow::anyhow!("{field}: {e}"))?;
+        let values =
+            axis_values(&key, v.into_inner()).map_err(|e| anyhow::anyhow!("{field}{e}"))?;
+        axes.push((at, Axis { path: key, values }));
+    }
     let base = match (s.base, f.base) {
         (Some(_), Some(_)) => {
             bail!("sweep.base: give either a base file or a [base] table, not both")
@@ -161,15 +170,6 @@ pub fn parse_spec(text: &str, path: &Path) -> Result<SweepSpec> {
         (None, Some(t)) => t,
         (None, None) => bail!("sweep.base: missing (give a scenario file or a [base] table)"),
     };
-    let mut axes: Vec<(usize, Axis)> = Vec::new();
-    for (key, v) in f.axes {
-        let at = v.span().start;
-        let field = format!("axes.\"{key}\"");
-        check_path(&key).map_err(|e| anyhow::anyhow!("{field}: {e}"))?;
-        let values =
-            axis_values(&key, v.into_inner()).map_err(|e| anyhow::anyhow!("{field}{e}"))?;
-        axes.push((at, Axis { path: key, values }));
-    }
     // The file's order, so that the last axis written varies fastest.
     axes.sort_by_key(|a| a.0);
     Ok(SweepSpec {
@@ -821,7 +821,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
         let selected = plan
             .runs
             .iter()
-            .filter(|r| shard.map_or(true, |s| in_shard(&r.point_id, s)))
+            .filter(|r| shard.is_none_or(|s| in_shard(&r.point_id, s)))
             .count();
         println!(
             "sweep {}: {} points × {} replicates = {} runs ({} in this shard), {} invalid points, plan {}",
@@ -852,13 +852,13 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
     let todo: Vec<&RunRef> = plan
         .runs
         .iter()
-        .filter(|r| shard.map_or(true, |s| in_shard(&r.point_id, s)))
+        .filter(|r| shard.is_none_or(|s| in_shard(&r.point_id, s)))
         .filter(|r| !done.contains(&r.run_id))
         .collect();
     let selected = plan
         .runs
         .iter()
-        .filter(|r| shard.map_or(true, |s| in_shard(&r.point_id, s)))
+        .filter(|r| shard.is_none_or(|s| in_shard(&r.point_id, s)))
         .count();
     let started = std::time::SystemTime::now();
     let mut man = manifest::Manifest::new(&spec, &plan, shard, selected);
@@ -949,8 +949,8 @@ mod tests {
         let base = base
             .lines()
             .map(|l| {
-                if l.starts_with('[') {
-                    format!("[base.{}", &l[1..])
+                if let Some(rest) = l.strip_prefix('[') {
+                    format!("[base.{rest}")
                 } else {
                     l.to_string()
                 }

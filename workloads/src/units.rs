@@ -56,9 +56,11 @@ impl ByteSize {
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
             "TB" => 1_000_000_000_000,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown size unit `{other}` in `{s}` (use B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)"
-            )),
+            ))
+            }
         };
         if value < 0.0 {
             return Err(format!("size `{s}` is negative"));
