@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod bench;
+mod compare;
 pub mod output;
 mod run;
 mod scenario_cmd;
@@ -31,6 +33,10 @@ enum Command {
     Run(run::RunArgs),
     /// Print or validate scenario files.
     Scenario(scenario_cmd::ScenarioArgs),
+    /// Run several policies on the identical write trace and compare them with the oracle.
+    Compare(compare::CompareArgs),
+    /// Measure the simulator's speed on reference cases (prints a table).
+    Bench(bench::BenchArgs),
     /// Run a parameter sweep (cartesian product of scenario variations), resumably.
     Sweep(sweep::SweepArgs),
     /// Merge the shard directories of one sweep.
@@ -49,6 +55,8 @@ pub fn main() -> ExitCode {
     let res = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Scenario(a) => scenario_cmd::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Sweep(a) => sweep::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Plot(a) => plot::run(a),
