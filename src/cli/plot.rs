@@ -10,7 +10,7 @@
 use super::table::Table;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use plotters::coord::Shift;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -228,6 +228,109 @@ fn color(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
+/// How series `i` is drawn: colours cycle through the palette; each further cycle changes the
+/// marker shape and dashes the line, so up to 40 series stay distinguishable.
+fn cycle(i: usize) -> usize {
+    (i / PALETTE.len()) % 4
+}
+
+fn plot_series<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<'_, DB, CT>,
+    i: usize,
+    pts: &[(f64, f64)],
+    markers: bool,
+) -> Result<()> {
+    let c = color(i);
+    if cycle(i) == 0 {
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+            .map_err(pe)?;
+    } else {
+        chart
+            .draw_series(DashedLineSeries::new(
+                pts.iter().copied(),
+                10,
+                5,
+                c.stroke_width(2),
+            ))
+            .map_err(pe)?;
+    }
+    if !markers {
+        return Ok(());
+    }
+    let s = c.filled();
+    match cycle(i) {
+        0 => chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 5, s)))
+            .map(|_| ()),
+        1 => chart
+            .draw_series(pts.iter().map(|&p| TriangleMarker::new(p, 7, s)))
+            .map(|_| ()),
+        2 => chart
+            .draw_series(pts.iter().map(|&p| Cross::new(p, 6, c.stroke_width(3))))
+            .map(|_| ()),
+        _ => chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 5, c.stroke_width(2))))
+            .map(|_| ()),
+    }
+    .map_err(pe)
+}
+
+/// A legend drawn in its own strip (right of the panels), shared by every panel.
+fn legend_strip<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    heading: &str,
+    names: &[String],
+) -> Result<()> {
+    let font = ("sans-serif", 17).into_font().color(&BLACK);
+    area.draw_text(
+        heading,
+        &("sans-serif", 19).into_font().color(&BLACK),
+        (10, 40),
+    )
+    .map_err(pe)?;
+    for (i, n) in names.iter().enumerate() {
+        let y = 78 + 28 * i as i32;
+        let c = color(i);
+        let line = if cycle(i) == 0 {
+            vec![(10, y), (50, y)]
+        } else {
+            vec![(10, y), (22, y)]
+        };
+        area.draw(&PathElement::new(line, c.stroke_width(3)))
+            .map_err(pe)?;
+        if cycle(i) != 0 {
+            area.draw(&PathElement::new(vec![(38, y), (50, y)], c.stroke_width(3)))
+                .map_err(pe)?;
+        }
+        let s = c.filled();
+        match cycle(i) {
+            0 => area.draw(&Circle::new((30, y), 5, s)),
+            1 => area.draw(&TriangleMarker::new((30, y), 7, s)),
+            2 => area.draw(&Cross::new((30, y), 6, c.stroke_width(3))),
+            _ => area.draw(&Circle::new((30, y), 5, c.stroke_width(2))),
+        }
+        .map_err(pe)?;
+        area.draw_text(n, &font, (60, y - 9)).map_err(pe)?;
+    }
+    Ok(())
+}
+
+/// Split off the legend strip on the right.
+fn with_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    heading: &str,
+    names: &[String],
+) -> Result<DrawingArea<DB, Shift>> {
+    let w = area.dim_in_pixel().0;
+    let (plots, legend) = area.split_horizontally(w.saturating_sub(LEGEND_W));
+    legend_strip(&legend, heading, names)?;
+    Ok(plots)
+}
+
+/// Width of the legend strip (pixels).
+const LEGEND_W: u32 = 300;
+
 /// Ordered distinct values (first-seen order), used for stable series colours.
 fn distinct(it: impl Iterator<Item = String>) -> Vec<String> {
     let mut v: Vec<String> = Vec::new();
@@ -321,16 +424,16 @@ fn size_of(data: &Data, kind: &str) -> (u32, u32) {
         "downtime-vs-rate" => {
             let n = distinct(data.rows().map(|r| data.text(r, "link_bps"))).len();
             let (r, c) = grid_of(n);
-            (700 * c as u32, 560 * r as u32 + 60)
+            (700 * c as u32 + LEGEND_W, 560 * r as u32 + 60)
         }
         "time-vs-bandwidth" => {
             let n = distinct(data.rows().map(|r| data.key(r, "workload"))).len();
             let (r, c) = grid_of(n);
-            (560 * c as u32, 460 * r as u32 + 60)
+            (560 * c as u32 + LEGEND_W, 460 * r as u32 + 60)
         }
         "timeline" => (1200, 1100),
         "predicted-vs-measured" => (1400, 700),
-        _ => (1000, 700),
+        _ => (1000 + LEGEND_W, 700),
     }
 }
 
@@ -392,8 +495,7 @@ fn loglog_panel<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(52)
         .y_label_area_size(72)
-        // Headroom above the data for the legend.
-        .build_cartesian_2d(xr.log_scale(), (yr.start..yr.end * 12.0).log_scale())
+        .build_cartesian_2d(xr.log_scale(), yr.log_scale())
         .map_err(pe)?;
     chart
         .configure_mesh()
@@ -408,27 +510,10 @@ fn loglog_panel<DB: DrawingBackend>(
         .draw()
         .map_err(pe)?;
     for (i, name) in order.iter().enumerate() {
-        let Some(pts) = series.get(name) else {
-            continue;
-        };
-        let c = color(i);
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
-            .map_err(pe)?
-            .label(name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 5, c.filled())))
-            .map_err(pe)?;
+        if let Some(pts) = series.get(name) {
+            plot_series(&mut chart, i, pts, true)?;
+        }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(160, 160, 160))
-        .label_font(("sans-serif", 16))
-        .draw()
-        .map_err(pe)?;
     Ok(())
 }
 
@@ -474,6 +559,7 @@ fn downtime_vs_rate<DB: DrawingBackend>(data: &Data, root: &DrawingArea<DB, Shif
             "median over replicates; {stuck} runs that never switched over (timeout/cancel) are not shown"
         ),
     )?;
+    let area = with_legend(&area, "policy", &policies)?;
     let (rows, cols) = grid_of(links.len());
     let panels = area.split_evenly((rows, cols));
     for (li, link) in links.iter().enumerate() {
@@ -534,6 +620,7 @@ fn time_vs_bandwidth<DB: DrawingBackend>(data: &Data, root: &DrawingArea<DB, Shi
         "Total migration time vs link bandwidth, per workload",
         &format!("median over replicates; {stuck} runs that never switched over are not shown"),
     )?;
+    let area = with_legend(&area, "policy", &policies)?;
     let (rows, cols) = grid_of(workloads.len());
     let panels = area.split_evenly((rows, cols));
     for (wi, w) in workloads.iter().enumerate() {
@@ -579,6 +666,14 @@ fn downtime_cdf<DB: DrawingBackend>(data: &Data, root: &DrawingArea<DB, Shift>) 
         "CDF of downtime over the sweep, per policy",
         "fraction of all runs of a policy with downtime ≤ x; runs that never switched over keep the curve below 1",
     )?;
+    let names: Vec<String> = policies
+        .iter()
+        .map(|p| {
+            let (v, n) = per.get(p).map_or((0, 0), |e| (e.0.len(), e.1));
+            format!("{p} ({v}/{n})")
+        })
+        .collect();
+    let area = with_legend(&area, "policy (switched over / runs)", &names)?;
     let mut chart = ChartBuilder::on(&area)
         .margin(16)
         .x_label_area_size(52)
@@ -607,27 +702,19 @@ fn downtime_cdf<DB: DrawingBackend>(data: &Data, root: &DrawingArea<DB, Shift>) 
             pts.push((*x, (k + 1) as f64 / n));
         }
         pts.push((xr.end, v.len() as f64 / n));
-        let c = color(i);
-        chart
-            .draw_series(LineSeries::new(pts, c.stroke_width(3)))
-            .map_err(pe)?
-            .label(format!("{p} ({} of {} switched over)", v.len(), n as usize))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+        plot_series(&mut chart, i, &pts, false)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(160, 160, 160))
-        .label_font(("sans-serif", 16))
-        .draw()
-        .map_err(pe)?;
     Ok(())
 }
 
 /// The default run of a timeline: the longest converged run (of at least three rounds) of
-/// `qemu` if there is one, else of the first policy in file order that has such a run.
+/// `qemu-auto-converge`, else `qemu`, else the first policy in file order with such a run.
 fn default_timeline_run(data: &Data) -> Option<usize> {
+    let rank = |p: &str| match p {
+        "qemu-auto-converge" => 0,
+        "qemu" => 1,
+        _ => 2,
+    };
     let mut best: Option<(String, usize, f64)> = None;
     for r in data.rows() {
         let rounds = data.num(r, "rounds").unwrap_or(0.0);
@@ -637,8 +724,9 @@ fn default_timeline_run(data: &Data) -> Option<usize> {
         let p = data.text(r, "policy");
         match &best {
             None => best = Some((p, r, rounds)),
-            // QEMU's rule gives the most telling timeline (like guestperf's plots).
-            Some((bp, _, _)) if p == "qemu" && bp != "qemu" => best = Some((p, r, rounds)),
+            // QEMU's rules give the most telling timelines (like guestperf's plots); prefer
+            // auto-converge (it throttles), then plain qemu.
+            Some((bp, _, _)) if rank(&p) < rank(bp) => best = Some((p, r, rounds)),
             Some((bp, _, br)) if *bp == p && rounds > *br => best = Some((p, r, rounds)),
             _ => {}
         }

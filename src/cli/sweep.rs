@@ -196,19 +196,21 @@ fn axis_values(path: &str, v: toml::Value) -> Result<Vec<(String, toml::Value)>,
     use toml::Value as V;
     let is_policy = path == "policy" || path == "policy.kind";
     match v {
-        V::String(s) if is_policy && s == "all" => Ok(PolicySpec::all_defaults()
-            .into_iter()
-            .map(|p| {
-                let name = p.name().to_string();
-                let value = if path == "policy" {
-                    // Serialising a plain enum of plain structs cannot fail.
-                    toml::Value::try_from(&p).expect("policy serialises to TOML")
-                } else {
-                    V::String(name.clone())
-                };
-                (name, value)
-            })
-            .collect()),
+        V::String(s) if is_policy && s == "all" => {
+            let mut out: Vec<(String, toml::Value)> = Vec::new();
+            for p in PolicySpec::all_defaults() {
+                if path == "policy" {
+                    // Every default variant, labelled so that variants of one kind stay apart
+                    // (`qemu`, `qemu-auto-converge`). Serialising plain data cannot fail.
+                    let v = toml::Value::try_from(&p).expect("policy serialises to TOML");
+                    out.push((p.label(), v));
+                } else if out.iter().all(|(l, _)| l != p.name()) {
+                    // `policy.kind` can only name kinds: one entry per kind.
+                    out.push((p.name().to_string(), V::String(p.name().to_string())));
+                }
+            }
+            Ok(out)
+        }
         V::Array(items) => {
             if items.is_empty() {
                 return Err(": must list at least one value".into());
@@ -985,21 +987,28 @@ mod tests {
 
     #[test]
     fn changing_kind_resets_the_variant_table() {
+        // The base policy is qemu with qemu-only fields; switching the kind must drop them.
         let s = spec("\"policy.kind\" = \"all\"");
         let plan = expand(&s).unwrap();
-        assert_eq!(
-            plan.invalid_points(),
-            0,
-            "{:?}",
-            plan.points
-                .iter()
-                .map(|p| &p.scenario)
-                .collect::<Vec<_>>()
-                .iter()
-                .filter(|r| r.is_err())
-                .count()
-        );
-        assert_eq!(plan.points.len(), PolicySpec::all_defaults().len());
+        let errs: Vec<&String> = plan
+            .points
+            .iter()
+            .filter_map(|p| p.scenario.as_ref().err())
+            .collect();
+        assert!(errs.is_empty(), "{errs:?}");
+        let kinds: HashSet<&str> = PolicySpec::all_defaults()
+            .iter()
+            .map(|p| p.name())
+            .collect();
+        assert_eq!(plan.points.len(), kinds.len());
+    }
+
+    #[test]
+    fn policy_all_lists_every_default_variant_with_distinct_labels() {
+        let s = spec("policy = \"all\"");
+        let labels: HashSet<&str> = s.axes[0].values.iter().map(|v| v.0.as_str()).collect();
+        assert_eq!(labels.len(), PolicySpec::all_defaults().len());
+        assert_eq!(expand(&s).unwrap().invalid_points(), 0);
     }
 
     #[test]
