@@ -17,7 +17,6 @@ use super::output::write_atomic;
 use super::table::{complete_lines, fnv1a64, Table};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rayon::prelude::*;
 use serde::Deserialize;
 use sim::metrics::{self, csv_field, fmt_f64, RunResult, RUNS_HEADER};
 use sim::policy::PolicySpec;
@@ -876,26 +875,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
         .context("failed to start worker threads")?;
     let pb = progress_bar(todo.len() as u64, a.quiet);
     let t0 = std::time::Instant::now();
-    // Batches big enough to keep every thread busy, small enough to lose little on a crash.
-    let batch = (threads * 16).max(16);
-    for chunk in todo.chunks(batch) {
-        let lines: Vec<RunLines> = pool.install(|| {
-            chunk
-                .par_iter()
-                .map(|r| {
-                    let l = render_run(&plan, r);
-                    pb.inc(1);
-                    l
-                })
-                .collect()
-        });
-        // Rounds first: a crash between the two appends leaves rounds without a run row, which
-        // the next resume drops; never a run row without its rounds.
-        let rounds: String = lines.iter().map(|l| l.rounds.as_str()).collect();
-        let runs: String = lines.iter().map(|l| l.runs.as_str()).collect();
-        append(&dir.join("rounds.csv"), &rounds)?;
-        append(&dir.join("runs.csv"), &runs)?;
-    }
+    write_in_order(&pool, threads, &plan, &todo, &dir, &pb)?;
     pb.finish_and_clear();
     let wall = t0.elapsed();
     ensure_sorted(&dir)?;
@@ -926,6 +906,80 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Simulate `todo` on `threads` workers of `pool` and append the results in plan order.
+///
+/// Workers take runs in order from a shared counter (so a slow run never holds up a whole batch,
+/// and the runs in flight are always near the front of the plan); the calling thread keeps a
+/// reorder buffer and appends every contiguous finished prefix, at most every 0.5 s or 64 runs,
+/// `rounds.csv` first. Output bytes do not depend on the thread count.
+fn write_in_order(
+    pool: &rayon::ThreadPool,
+    threads: usize,
+    plan: &Plan,
+    todo: &[&RunRef],
+    dir: &Path,
+    pb: &indicatif::ProgressBar,
+) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, RunLines)>();
+    let runs_p = dir.join("runs.csv");
+    let rounds_p = dir.join("rounds.csv");
+    pool.in_place_scope(|scope| -> Result<()> {
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let (next, stop) = (&next, &stop);
+            scope.spawn(move |_| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= todo.len() || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let lines = render_run(plan, todo[i]);
+                if tx.send((i, lines)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut pending: BTreeMap<usize, RunLines> = BTreeMap::new();
+        let mut written = 0usize;
+        let mut last = std::time::Instant::now();
+        let flush = |pending: &mut BTreeMap<usize, RunLines>, written: &mut usize| -> Result<()> {
+            let (mut runs, mut rounds) = (String::new(), String::new());
+            while let Some(l) = pending.remove(written) {
+                runs.push_str(&l.runs);
+                rounds.push_str(&l.rounds);
+                *written += 1;
+            }
+            if !runs.is_empty() {
+                // Rounds first: a crash between the two appends leaves rounds without a run
+                // row, which the next resume drops; never a run row without its rounds.
+                append(&rounds_p, &rounds)?;
+                append(&runs_p, &runs)?;
+            }
+            Ok(())
+        };
+        let res = (|| -> Result<()> {
+            for (i, lines) in rx.iter() {
+                pending.insert(i, lines);
+                pb.inc(1);
+                if pending.contains_key(&written)
+                    && (pending.len() >= 64 || last.elapsed().as_millis() >= 500)
+                {
+                    flush(&mut pending, &mut written)?;
+                    last = std::time::Instant::now();
+                }
+            }
+            flush(&mut pending, &mut written)
+        })();
+        if res.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        res
+    })
 }
 
 fn progress_bar(len: u64, quiet: bool) -> indicatif::ProgressBar {
