@@ -396,3 +396,35 @@ fn predicted_vs_measured_pairs_kvm_rows_with_sim_rows() {
     let png = std::fs::read(d.path().join("pvm.png")).unwrap();
     assert_eq!(&png[..4], b"\x89PNG");
 }
+
+#[test]
+fn killed_sweep_resumes_to_the_same_bytes() {
+    let d = setup();
+    let big = SPEC
+        .replace("replicates = 2", "replicates = 8")
+        .replace("steps = 3", "steps = 6");
+    std::fs::write(d.path().join("spec.toml"), big).unwrap();
+    ok(&sweep(d.path(), "full", &[]));
+    // Kill -9 a sweep part-way (wherever it is), then resume it.
+    let mut child = Command::new(BIN)
+        .args(["sweep", "spec.toml", "--out", "killed", "-q", "-j", "2"])
+        .current_dir(d.path())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    child.kill().ok();
+    child.wait().unwrap();
+    let partial = std::fs::read_to_string(d.path().join("killed/runs.csv")).unwrap_or_default();
+    eprintln!("killed after {} lines of runs.csv", partial.lines().count());
+    ok(&sweep(d.path(), "killed", &["-j", "1"]));
+    assert_eq!(
+        read(d.path().join("killed/runs.csv")),
+        read(d.path().join("full/runs.csv")),
+        "after a kill with {} lines written",
+        partial.lines().count()
+    );
+    assert_eq!(
+        read(d.path().join("killed/rounds.csv")),
+        read(d.path().join("full/rounds.csv"))
+    );
+}
