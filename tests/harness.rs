@@ -428,3 +428,29 @@ fn killed_sweep_resumes_to_the_same_bytes() {
         read(d.path().join("full/rounds.csv"))
     );
 }
+
+#[test]
+fn resume_fills_runs_missing_from_the_middle() {
+    let d = setup();
+    ok(&sweep(d.path(), "full", &[]));
+    ok(&sweep(d.path(), "holes", &[]));
+    let id = |l: &str| l.split(',').next().unwrap().parse::<usize>().ok();
+    let hole = |i: Option<usize>| i.is_some_and(|i| (5..9).contains(&i) || i % 7 == 3);
+    for f in ["runs.csv", "rounds.csv"] {
+        let kept: String = read(d.path().join("holes").join(f))
+            .lines()
+            .filter(|l| !hole(id(l)))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(d.path().join("holes").join(f), kept).unwrap();
+    }
+    ok(&sweep(d.path(), "holes", &["-j", "2"]));
+    assert_eq!(
+        read(d.path().join("holes/runs.csv")),
+        read(d.path().join("full/runs.csv"))
+    );
+    assert_eq!(
+        read(d.path().join("holes/rounds.csv")),
+        read(d.path().join("full/rounds.csv"))
+    );
+}

@@ -878,7 +878,14 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
     write_in_order(&pool, threads, &plan, &todo, &dir, &pb)?;
     pb.finish_and_clear();
     let wall = t0.elapsed();
-    ensure_sorted(&dir)?;
+    // Rows are appended in plan order, so the files are sorted unless a resume found finished
+    // runs after unfinished ones (e.g. results copied in from elsewhere); only then re-sort.
+    if todo
+        .first()
+        .is_some_and(|first| done.iter().any(|&d| d > first.run_id))
+    {
+        ensure_sorted(&dir)?;
+    }
     let finished = Table::read(&dir.join("runs.csv"))?;
     let status_col = finished.need("status")?;
     let bad = finished
