@@ -454,3 +454,19 @@ fn resume_fills_runs_missing_from_the_middle() {
         read(d.path().join("full/rounds.csv"))
     );
 }
+
+#[test]
+fn a_directory_in_use_by_another_sweep_is_refused() {
+    let d = setup();
+    std::fs::create_dir_all(d.path().join("busy")).unwrap();
+    let lock = d.path().join("busy/.migsim-sweep.lock");
+    std::fs::write(&lock, "some-other-host 4242\n").unwrap();
+    let o = sweep(d.path(), "busy", &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("in use by another sweep"));
+    // A stale lock of a dead process on this host is taken over, and released afterwards.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    std::fs::write(&lock, format!("{} 4000000000\n", host.trim())).unwrap();
+    ok(&sweep(d.path(), "busy", &[]));
+    assert!(!lock.exists());
+}

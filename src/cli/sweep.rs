@@ -666,6 +666,63 @@ pub fn in_shard(point_id: &str, (i, n): (u64, u64)) -> bool {
     u64::from_str_radix(point_id, 16).unwrap_or(0) % n == i - 1
 }
 
+/// An exclusive claim on an output directory, so that two sweeps (say, two array tasks given the
+/// same `--out`) never append to the same files. Removed when dropped.
+struct DirLock {
+    path: PathBuf,
+}
+
+impl DirLock {
+    fn take(dir: &Path) -> Result<DirLock> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
+        let path = dir.join(".migsim-sweep.lock");
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let me = format!("{host} {}\n", std::process::id());
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    f.write_all(me.as_bytes())
+                        .with_context(|| format!("failed to write {}", path.display()))?;
+                    return Ok(DirLock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                    let mut it = owner.split_whitespace();
+                    let (h, pid) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+                    let alive = h == host && Path::new("/proc").join(pid).exists();
+                    if h == host && !alive {
+                        // A crashed sweep on this host left it behind: take over.
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    bail!(
+                        "{} is in use by another sweep (host {h}, pid {pid}); if that sweep is gone, delete {}",
+                        dir.display(),
+                        path.display()
+                    );
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("failed to create {}", path.display()))
+                }
+            }
+        }
+        bail!("could not lock {}", dir.display())
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Set up the output directory; returns the run ids already finished there.
 fn prepare_dir(dir: &Path, plan: &Plan, header: &[String], fresh: bool) -> Result<HashSet<usize>> {
     let runs_p = dir.join("runs.csv");
@@ -849,6 +906,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
         }
     });
     let header = plan.runs_header();
+    let _lock = DirLock::take(&dir)?;
     let done = prepare_dir(&dir, &plan, &header, a.fresh)?;
     let todo: Vec<&RunRef> = plan
         .runs
