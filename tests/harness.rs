@@ -470,3 +470,21 @@ fn a_directory_in_use_by_another_sweep_is_refused() {
     ok(&sweep(d.path(), "busy", &[]));
     assert!(!lock.exists());
 }
+
+#[test]
+fn a_sweep_whose_every_point_is_invalid_fails_fast() {
+    let d = setup();
+    std::fs::write(
+        d.path().join("base.toml"),
+        BASE.replace("memory = \"256 MiB\"", "memroy = \"256 MiB\""),
+    )
+    .unwrap();
+    let o = sweep(d.path(), "out", &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("every point") && err.contains("memroy"),
+        "{err}"
+    );
+    assert!(!d.path().join("out/runs.csv").exists());
+}

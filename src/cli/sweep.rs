@@ -875,6 +875,19 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let shard = a.shard.as_deref().map(parse_shard).transpose()?;
+    if !a.dry_run && plan.invalid_points() == plan.points.len() {
+        // Most likely a mistake in the base scenario: stop instead of writing only failures.
+        let first = plan.points[0]
+            .scenario
+            .as_ref()
+            .err()
+            .cloned()
+            .unwrap_or_default();
+        bail!(
+            "every point of sweep {} is invalid; the first: {first}",
+            spec.name
+        );
+    }
     if a.dry_run {
         let selected = plan
             .runs
