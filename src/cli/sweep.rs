@@ -511,32 +511,35 @@ pub fn expand(spec: &SweepSpec) -> Result<Plan> {
         .try_fold(1usize, |acc, a| acc.checked_mul(a.values.len()))
         .filter(|n| n.saturating_mul(spec.replicates as usize) <= MAX_RUNS)
         .with_context(|| format!("the sweep has more than {MAX_RUNS} runs"))?;
-    let mut points = Vec::with_capacity(n_points);
-    let mut idx = vec![0usize; spec.axes.len()];
-    for _ in 0..n_points {
-        let sets: Vec<(&str, &toml::Value)> = spec
-            .axes
-            .iter()
-            .zip(&idx)
-            .map(|(a, &i)| (a.path.as_str(), &a.values[i].1))
-            .collect();
-        let mut p = concretise(&spec.base, &sets);
-        p.params = spec
-            .axes
-            .iter()
-            .zip(&idx)
-            .map(|(a, &i)| a.values[i].0.clone())
-            .collect();
-        points.push(p);
-        // Odometer increment, last axis fastest.
-        for k in (0..idx.len()).rev() {
-            idx[k] += 1;
-            if idx[k] < spec.axes[k].values.len() {
-                break;
+    // Point k's value indices are the mixed-radix digits of k (last axis fastest). Points are
+    // built in parallel (deserialising and checking thousands of scenarios adds up) and
+    // collected in order.
+    use rayon::prelude::*;
+    let points: Vec<Point> = (0..n_points)
+        .into_par_iter()
+        .map(|k| {
+            let mut idx = vec![0usize; spec.axes.len()];
+            let mut rest = k;
+            for (d, a) in spec.axes.iter().enumerate().rev() {
+                idx[d] = rest % a.values.len();
+                rest /= a.values.len();
             }
-            idx[k] = 0;
-        }
-    }
+            let sets: Vec<(&str, &toml::Value)> = spec
+                .axes
+                .iter()
+                .zip(&idx)
+                .map(|(a, &i)| (a.path.as_str(), &a.values[i].1))
+                .collect();
+            let mut p = concretise(&spec.base, &sets);
+            p.params = spec
+                .axes
+                .iter()
+                .zip(&idx)
+                .map(|(a, &i)| a.values[i].0.clone())
+                .collect();
+            p
+        })
+        .collect();
     let mut runs = Vec::with_capacity(n_points * spec.replicates as usize);
     for (pi, p) in points.iter().enumerate() {
         for r in 0..spec.replicates {
