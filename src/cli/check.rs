@@ -404,7 +404,7 @@ fn run_budgets(budgets: &[Budget], threads: usize) -> Result<Vec<Outcome>> {
         if b.backend == "kvm" {
             out.push(Outcome {
                 name: b.name.clone(),
-                skipped: Some("backend kvm: the KVM backend is not available in this build".into()),
+                skipped: Some("the KVM backend is not available in this build".into()),
                 lines: Vec::new(),
                 runs: 0,
                 secs: 0.0,
