@@ -1147,6 +1147,21 @@ mod tests {
     }
 
     #[test]
+    fn set_path_creates_tables_and_refuses_to_descend_into_values() {
+        let mut t: toml::Table = toml::from_str("a = 1\n[b]\nkind = \"x\"\nk = 2\n").unwrap();
+        set_path(&mut t, "c.d.e", toml::Value::Integer(3)).unwrap();
+        assert_eq!(t["c"]["d"]["e"].as_integer(), Some(3));
+        let e = set_path(&mut t, "a.z", toml::Value::Integer(1)).unwrap_err();
+        assert!(e.contains("`a` is a integer"), "{e}");
+        // Same kind: other keys stay; new kind: they go.
+        set_path(&mut t, "b.kind", toml::Value::String("x".into())).unwrap();
+        assert_eq!(t["b"]["k"].as_integer(), Some(2));
+        set_path(&mut t, "b.kind", toml::Value::String("y".into())).unwrap();
+        assert!(t["b"].get("k").is_none());
+        assert!(set_path(&mut t, "b..k", toml::Value::Integer(1)).is_err());
+    }
+
+    #[test]
     fn invalid_points_are_kept_with_their_error() {
         let s = spec("\"vm.vcpus\" = [0, 1]");
         let plan = expand(&s).unwrap();
