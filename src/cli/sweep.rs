@@ -379,7 +379,7 @@ pub fn set_path(root: &mut toml::Table, path: &str, value: toml::Value) -> Resul
             toml::Value::Table(t) => t,
             other => {
                 return Err(format!(
-                    "`{}` is a {}, not a table",
+                    "`{}` is not a table (it holds a {})",
                     segs[..=i].join("."),
                     other.type_str()
                 ))
@@ -1152,7 +1152,7 @@ mod tests {
         set_path(&mut t, "c.d.e", toml::Value::Integer(3)).unwrap();
         assert_eq!(t["c"]["d"]["e"].as_integer(), Some(3));
         let e = set_path(&mut t, "a.z", toml::Value::Integer(1)).unwrap_err();
-        assert!(e.contains("`a` is a integer"), "{e}");
+        assert!(e.contains("`a` is not a table"), "{e}");
         // Same kind: other keys stay; new kind: they go.
         set_path(&mut t, "b.kind", toml::Value::String("x".into())).unwrap();
         assert_eq!(t["b"]["k"].as_integer(), Some(2));
