@@ -107,6 +107,7 @@ impl Manifest {
             "command": std::env::args().collect::<Vec<_>>(),
             "git": git_info(),
             "crates": crate_versions(),
+            "crates_note": "versions locked in Cargo.lock; a name locked at several versions lists them all (some only for dev-dependencies)",
             "host": host_info(),
             "seed_scheme": SEED_SCHEME,
             "sweep": {
