@@ -9,6 +9,12 @@ mod crosscheck;
 pub mod output;
 mod run;
 mod scenario_cmd;
+mod check;
+mod manifest;
+mod merge;
+mod plot;
+mod sweep;
+mod table;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,6 +39,14 @@ enum Command {
     Crosscheck(crosscheck::CrosscheckArgs),
     /// Measure the simulator's speed on reference cases (prints a table).
     Bench(bench::BenchArgs),
+    /// Run a parameter sweep (cartesian product of scenario variations), resumably.
+    Sweep(sweep::SweepArgs),
+    /// Merge the shard directories of one sweep.
+    Merge(merge::MergeArgs),
+    /// Draw plots (SVG/PNG) from a results directory.
+    Plot(plot::PlotArgs),
+    /// Check downtime budgets: exit 0 when all hold, 1 when any is exceeded, 2 on a bad file.
+    Check(check::CheckArgs),
 }
 
 /// Exit code for bad input (unreadable or invalid files, bad arguments).
@@ -46,6 +60,10 @@ pub fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Crosscheck(a) => crosscheck::run(a),
+        Command::Sweep(a) => sweep::run(a),
+        Command::Merge(a) => merge::run(a),
+        Command::Plot(a) => plot::run(a),
+        Command::Check(a) => check::run(a),
     };
     match res {
         Ok(code) => code,
