@@ -41,19 +41,99 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Peak resident set size of this process so far (VmHWM), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The standard comparison grid (12 scenarios) crossed with every policy fluid mode models.
+fn fluid_grid() -> Vec<sim::Checked> {
+    let mut out = Vec::new();
+    for bw in [1e9f64, 1e10] {
+        let link_pps: f64 = bw / 8.0 / 4104.0;
+        let wls = vec![
+            WorkloadSpec::Idle(workloads::spec::IdleSpec { rate_pps: 50.0 }),
+            WorkloadSpec::Uniform(UniformSpec {
+                wss: ByteSize(256 << 20),
+                rate_pps: 5000.0,
+                offset: ByteSize(0),
+            }),
+            WorkloadSpec::Uniform(UniformSpec {
+                wss: ByteSize(256 << 20),
+                rate_pps: 50_000.0,
+                offset: ByteSize(0),
+            }),
+            WorkloadSpec::HotCold(workloads::spec::HotColdSpec {
+                hot_wss: ByteSize(64 << 20),
+                hot_rate_pps: 50_000.0,
+                cold_wss: None,
+                cold_rate_pps: 2000.0,
+                offset: ByteSize(0),
+            }),
+            WorkloadSpec::Zipf(workloads::spec::ZipfSpec {
+                wss: ByteSize(GIB),
+                rate_pps: 30_000.0,
+                exponent: 0.99,
+                offset: ByteSize(0),
+            }),
+            WorkloadSpec::Scan(workloads::spec::ScanSpec {
+                wss: None,
+                rate_pps: (1.6 * link_pps).round(),
+                offset: ByteSize(0),
+            }),
+        ];
+        for w in wls {
+            for p in PolicySpec::all_defaults() {
+                if matches!(p, PolicySpec::Postcopy(_)) {
+                    continue;
+                }
+                let mut s = Scenario::default_scenario();
+                s.mode = sim::scenario::Mode::Fluid;
+                s.link.bandwidth = Bandwidth(bw);
+                s.workload = w.clone();
+                s.policy = p;
+                s.limits.max_time_s = 600.0;
+                if let Ok(ck) = s.check() {
+                    out.push(ck);
+                }
+            }
+        }
+    }
+    out
+}
+
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let reps = a.reps.max(1);
-    let cases: Vec<(&str, Scenario, &str)> =
-        vec![("exact-16g-qemu", exact_16g(), "≤ 50 ms per migration")];
+    let want = |name: &str| a.only.as_deref().is_none_or(|o| name.contains(o));
     println!(
-        "{:<22} {:>6} {:>12} {:>12} {:>10}  target",
-        "case", "reps", "median_ms", "min_ms", "rounds"
+        "{:<26} {:>14} {:>14}  {:<28} target",
+        "case", "median", "min", "detail"
     );
-    for (name, sc, target) in cases {
-        if a.only.as_deref().is_some_and(|o| !name.contains(o)) {
-            continue;
-        }
-        let ck = sc
+    if want("exact-256g-rss") {
+        // Run first, so the peak RSS is this case's.
+        let mut s = exact_16g();
+        s.vm.memory = ByteSize(256 * GIB);
+        s.link.bandwidth = Bandwidth(1e10);
+        let ck = s
+            .check()
+            .map_err(|e| anyhow::anyhow!("bench scenario invalid: {e:?}"))?;
+        let t0 = Instant::now();
+        let r = sim::simulate(&ck, 0);
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let rss = peak_rss_mib().unwrap_or(f64::NAN);
+        println!(
+            "{:<26} {:>11.1} ms {:>14}  {:<28} ≤ 1 GiB peak RSS",
+            "exact-256g-rss",
+            ms,
+            "",
+            format!("peak RSS {rss:.0} MiB, {} rounds", r.report.rounds)
+        );
+    }
+    if want("exact-16g-qemu") {
+        let ck = exact_16g()
             .check()
             .map_err(|e| anyhow::anyhow!("bench scenario invalid: {e:?}"))?;
         let mut times = Vec::with_capacity(reps);
@@ -66,12 +146,54 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         }
         let min = times.iter().copied().fold(f64::INFINITY, f64::min);
         println!(
-            "{:<22} {:>6} {:>12.2} {:>12.2} {:>10}  {target}",
-            name,
-            reps,
+            "{:<26} {:>11.2} ms {:>11.2} ms  {:<28} ≤ 50 ms per migration",
+            "exact-16g-qemu",
             median(times),
             min,
-            rounds
+            format!("{rounds} rounds, {reps} reps")
+        );
+    }
+    if want("fluid-standard-grid") {
+        let grid = fluid_grid();
+        let mut rates = Vec::new();
+        let mut sink = Vec::new();
+        for _ in 0..reps {
+            sink.clear();
+            let t0 = Instant::now();
+            for (i, ck) in grid.iter().enumerate() {
+                let r = sim::simulate(ck, 0);
+                sink.push(sim::metrics::run_row(i, &r.report).join(","));
+            }
+            rates.push(grid.len() as f64 / t0.elapsed().as_secs_f64());
+        }
+        let max = rates.iter().copied().fold(0.0, f64::max);
+        println!(
+            "{:<26} {:>10.0} /s {:>10.0} /s  {:<28} ≥ 100,000 scenarios/s per core",
+            "fluid-standard-grid",
+            median(rates),
+            max,
+            format!("{} scenarios, 1 thread, CSV rows", grid.len())
+        );
+    }
+    if want("startup") {
+        let exe = std::env::current_exe()?;
+        let mut times = Vec::new();
+        for _ in 0..reps.max(5) {
+            let t0 = Instant::now();
+            let st = std::process::Command::new(&exe)
+                .args(["run", "--json"])
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+            anyhow::ensure!(st.success(), "migsim run failed");
+        }
+        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+        println!(
+            "{:<26} {:>11.2} ms {:>11.2} ms  {:<28} ≤ 5 ms",
+            "process: migsim run",
+            median(times),
+            min,
+            "default scenario, whole process"
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -4,15 +4,15 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod bench;
+mod check;
 mod compare;
 mod crosscheck;
-pub mod output;
-mod run;
-mod scenario_cmd;
-mod check;
 mod manifest;
 mod merge;
+pub mod output;
 mod plot;
+mod run;
+mod scenario_cmd;
 mod sweep;
 mod table;
 
