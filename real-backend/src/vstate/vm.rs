@@ -134,6 +134,13 @@ impl Vm {
     /// Harvest the dirty log of `slot`: the pages written since the last harvest. With manual
     /// protect, exactly the returned pages are re-protected.
     pub fn harvest(&self, slot: u32) -> Result<Vec<u64>, VmError> {
+        self.dirty_log(slot, true)
+    }
+
+    /// Read the dirty log of `slot`. With manual protect and `clear == false` this is a peek:
+    /// the bits stay set and nothing is re-protected. Without manual protect KVM always clears,
+    /// so callers must accumulate what they read.
+    pub fn dirty_log(&self, slot: u32, clear: bool) -> Result<Vec<u64>, VmError> {
         let region = if slot == RAM_SLOT {
             &self.ram
         } else {
@@ -146,7 +153,7 @@ impl Vm {
             .fd
             .get_dirty_log(slot, region.len() as usize)
             .map_err(kerr("KVM_GET_DIRTY_LOG"))?;
-        if self.manual_protect && bits.iter().any(|&w| w != 0) {
+        if clear && self.manual_protect && bits.iter().any(|&w| w != 0) {
             let mut clear = kvm_clear_dirty_log {
                 slot,
                 num_pages: region.pages() as u32,

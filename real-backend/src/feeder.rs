@@ -1,0 +1,162 @@
+//! The workload feeder: turns the scenario's [`WriteStream`] into `(deadline_tsc, page)` script
+//! entries in the guest's ring, a few milliseconds ahead of the guest.
+//!
+//! The stream is advanced in 100 µs steps of wall time; every write of a step gets the step's
+//! end as its deadline, converted to the guest's TSC. A throttle stretches guest time exactly as
+//! the simulator does (guest time advances at `(100 − pct) %` of wall time).
+
+use crate::guest::{ctrl, CTRL_OFF, PAGE, RING_ENTRIES, RING_OFF};
+use crate::transport::mono_ns;
+use crate::vstate::Vm;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use workloads::{Workload, WriteStream};
+
+const STEP_NS: u64 = 100_000;
+const LOOKAHEAD_NS: u64 = 2_000_000;
+
+/// Dirty bits for system-region pages the VMM itself writes (KVM does not log those).
+pub struct VmmDirty {
+    words: Vec<AtomicU64>,
+}
+
+impl VmmDirty {
+    pub fn new(pages: u64) -> Self {
+        VmmDirty {
+            words: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+    pub fn mark(&self, page: u64) {
+        self.words[(page / 64) as usize].fetch_or(1 << (page % 64), Ordering::AcqRel);
+    }
+    /// Current bits; `clear` takes them (a harvest), otherwise they stay (a peek).
+    pub fn collect(&self, clear: bool) -> Vec<u64> {
+        self.words
+            .iter()
+            .map(|w| {
+                if clear {
+                    w.swap(0, Ordering::AcqRel)
+                } else {
+                    w.load(Ordering::Acquire)
+                }
+            })
+            .collect()
+    }
+}
+
+/// Guest TSC as a linear function of CLOCK_MONOTONIC.
+#[derive(Clone, Copy, Debug)]
+pub struct TscClock {
+    pub at_ns: u64,
+    pub tsc: u64,
+    pub khz: u32,
+}
+
+impl TscClock {
+    pub fn tsc_at(&self, ns: u64) -> u64 {
+        let d = ns.saturating_sub(self.at_ns) as u128 * self.khz as u128 / 1_000_000;
+        self.tsc + d as u64
+    }
+}
+
+pub struct Feeder {
+    stop: Arc<AtomicBool>,
+    pub throttle: Arc<AtomicU8>,
+    handle: Option<JoinHandle<Vec<u64>>>,
+}
+
+impl Feeder {
+    /// Start feeding at monotonic time `start_ns` (= guest time 0 of the workload).
+    pub fn start(
+        vm: Arc<Vm>,
+        vmm_dirty: Arc<VmmDirty>,
+        workload: &Workload,
+        seed: u64,
+        clock: TscClock,
+        start_ns: u64,
+        record: bool,
+    ) -> Feeder {
+        let stop = Arc::new(AtomicBool::new(false));
+        let throttle = Arc::new(AtomicU8::new(0));
+        let (s2, t2) = (stop.clone(), throttle.clone());
+        let mut stream = WriteStream::new(workload, seed);
+        let handle = std::thread::Builder::new()
+            .name("feeder".into())
+            .spawn(move || {
+                let mut recorded = Vec::new();
+                let mut pending: VecDeque<(u64, u64)> = VecDeque::new();
+                let mut produced = vm.sys.read_u64(CTRL_OFF + ctrl::PRODUCED);
+                let mut fed_ns = start_ns;
+                let (mut anchor_wall, mut anchor_guest, mut pct) = (start_ns, 0u64, 0u8);
+                while !s2.load(Ordering::Acquire) {
+                    let p = t2.load(Ordering::Acquire).min(99);
+                    if p != pct {
+                        let now = mono_ns().max(anchor_wall);
+                        anchor_guest += (now - anchor_wall) * (100 - pct as u64) / 100;
+                        anchor_wall = now;
+                        pct = p;
+                    }
+                    let horizon = mono_ns() + LOOKAHEAD_NS;
+                    while fed_ns < horizon {
+                        fed_ns += STEP_NS;
+                        let g = anchor_guest
+                            + fed_ns.saturating_sub(anchor_wall) * (100 - pct as u64) / 100;
+                        let dl = clock.tsc_at(fed_ns);
+                        stream.advance_to(g, |page| {
+                            pending.push_back((dl, page));
+                            if record {
+                                recorded.push(page);
+                            }
+                        });
+                    }
+                    let consumed = vm.sys.read_u64(CTRL_OFF + ctrl::CONSUMED);
+                    let mut wrote = false;
+                    while let Some(&(dl, page)) = pending.front() {
+                        if produced - consumed >= RING_ENTRIES - 1 {
+                            break;
+                        }
+                        let slot = produced % RING_ENTRIES;
+                        let off = RING_OFF + slot * 16;
+                        vm.sys.write_u64(off, dl);
+                        vm.sys.write_u64(off + 8, page * PAGE);
+                        vmm_dirty.mark(off / PAGE);
+                        produced += 1;
+                        pending.pop_front();
+                        wrote = true;
+                    }
+                    if wrote {
+                        std::sync::atomic::fence(Ordering::Release);
+                        vm.sys.write_u64(CTRL_OFF + ctrl::PRODUCED, produced);
+                        vmm_dirty.mark(CTRL_OFF / PAGE);
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(500));
+                }
+                recorded
+            });
+        Feeder {
+            stop,
+            throttle,
+            handle: handle.ok(),
+        }
+    }
+
+    /// Stop feeding; returns the page sequence emitted (when recording).
+    pub fn stop(mut self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Release);
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
