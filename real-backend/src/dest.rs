@@ -8,7 +8,7 @@ use crate::transport::{
     self, for_each_page, kind, mono_ns, put_u64s, read_frame, write_frame, TransportError,
     INDEX_MASK, SYS_FLAG,
 };
-use crate::vstate::{Vcpu, VcpuError, Vm, VmError};
+use crate::vstate::{Vcpu, VcpuError, VcpuThread, Vm, VmError};
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::time::Duration;
@@ -100,10 +100,12 @@ fn serve_inner(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Result<DestRe
     let h = parse_hello(&p)?;
     let layout = Layout::new(h.ram_bytes)
         .ok_or_else(|| DestError::Protocol(format!("bad memory size {}", h.ram_bytes)))?;
-    let vm = Vm::new(layout, false)?;
-    let vcpus = (0..h.vcpus.max(1))
+    let vm = Vm::new_populated(layout)?;
+    let mut vcpus = (0..h.vcpus.max(1))
         .map(|i| vm.create_vcpu(i))
         .collect::<Result<Vec<_>, _>>()?;
+    // The boot vCPU gets its thread now, outside the blackout.
+    let cpu = vcpus.remove(0).spawn()?;
     reply(w, h.one_way_ns, kind::READY, &[])?;
     let mut last_page_ns = 0u64;
     loop {
@@ -133,26 +135,27 @@ fn serve_inner(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Result<DestRe
             }
             kind::STATE => {
                 let t_state = mono_ns();
-                load_state(&vm, &vcpus, &p)?;
+                load_state(&vm, &cpu, &vcpus, &p)?;
                 let d2 = mono_ns();
                 if h.verify {
                     verify(r, &vm, layout.ram_bytes)?;
                 }
                 let d3 = mono_ns();
-                return resume_and_report(vm, vcpus, w, &h, [last_page_ns, d2, d3, d2 - t_state]);
+                return resume_and_report(vm, cpu, w, &h, [last_page_ns, d2, d3, d2 - t_state]);
             }
             kind::RESTORE_FILE => {
                 let path = String::from_utf8_lossy(&p).into_owned();
                 let state = crate::quick::read_image(&path, &vm)?;
                 let d1 = mono_ns();
-                load_state(&vm, &vcpus, &state)?;
+                load_state(&vm, &cpu, &vcpus, &state)?;
                 let d2 = mono_ns();
                 if h.verify {
                     verify(r, &vm, layout.ram_bytes)?;
                 }
                 let d3 = mono_ns();
-                return resume_and_report(vm, vcpus, w, &h, [d1, d2, d3, d2 - d1]);
+                return resume_and_report(vm, cpu, w, &h, [d1, d2, d3, d2 - d1]);
             }
+            kind::BARRIER => reply(w, h.one_way_ns, kind::BARRIER_ACK, &[])?,
             kind::ABORT => return Err(DestError::Aborted),
             other => {
                 return Err(DestError::Protocol(format!(
@@ -163,17 +166,23 @@ fn serve_inner(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Result<DestRe
     }
 }
 
-pub(crate) fn load_state(vm: &Vm, vcpus: &[Vcpu], blob: &[u8]) -> Result<(), DestError> {
+pub(crate) fn load_state(
+    vm: &Vm,
+    cpu: &VcpuThread,
+    others: &[Vcpu],
+    blob: &[u8],
+) -> Result<(), DestError> {
     let (vms, states) = crate::state::decode(blob)?;
-    if states.len() != vcpus.len() {
+    if states.len() != others.len() + 1 {
         return Err(DestError::Protocol(format!(
             "state for {} vCPUs, VM has {}",
             states.len(),
-            vcpus.len()
+            others.len() + 1
         )));
     }
     vm.restore_state(&vms)?;
-    for (v, s) in vcpus.iter().zip(&states) {
+    cpu.vcpu()?.restore(&states[0])?;
+    for (v, s) in others.iter().zip(&states[1..]) {
         v.restore(s)?;
     }
     Ok(())
@@ -223,16 +232,15 @@ fn compare_digests(theirs: &[u64], ours: &[u64], ram_bytes: u64) -> Result<(), D
 /// `t` = [last page received, state loaded, verified, state load time].
 fn resume_and_report(
     vm: Vm,
-    mut vcpus: Vec<Vcpu>,
+    cpu: VcpuThread,
     w: &mut TcpStream,
     h: &Hello,
     t: [u64; 4],
 ) -> Result<DestReport, DestError> {
     let hb0 = vm.sys.read_u64(CTRL_OFF + ctrl::HEARTBEAT);
     let w0 = vm.sys.read_u64(CTRL_OFF + ctrl::CONSUMED);
-    let v0 = vcpus.remove(0);
     let t_resume = mono_ns();
-    let running = v0.start();
+    crate::source::resume_vcpu(&vm, &cpu)?;
     let limit = t_resume + 2_000_000_000;
     let mut d4 = 0;
     while mono_ns() < limit {
@@ -240,10 +248,11 @@ fn resume_and_report(
             d4 = mono_ns();
             break;
         }
-        std::hint::spin_loop();
+        // Leave the CPU to the vCPU thread (this host may have as few cores as threads).
+        std::thread::yield_now();
     }
     if d4 == 0 {
-        let _ = running.stop();
+        let _ = crate::source::pause_vcpu(&vm, &cpu, None);
         return Err(DestError::Protocol(
             "the guest made no progress within 2 s of resuming".into(),
         ));
@@ -255,8 +264,7 @@ fn resume_and_report(
         &put_u64s(&[t[0], t[1], t[2].max(t_resume), d4, t[3], hb0, w0]),
     )?;
     std::thread::sleep(Duration::from_millis(h.run_after_ms));
-    let (v0, res) = running.stop()?;
-    res?;
+    crate::source::pause_vcpu(&vm, &cpu, None)?;
     let hb1 = vm.sys.read_u64(CTRL_OFF + ctrl::HEARTBEAT);
     let w1 = vm.sys.read_u64(CTRL_OFF + ctrl::CONSUMED);
     let check = (h.mode == GuestMode::Check).then(|| check_ram(&vm));
@@ -268,7 +276,7 @@ fn resume_and_report(
     let mut p = put_u64s(&[hb1, w1, flag]);
     p.extend_from_slice(msg.as_bytes());
     reply(w, h.one_way_ns, kind::FINAL, &p)?;
-    drop(v0);
+    drop(cpu);
     Ok(DestReport {
         heartbeat_at_resume: hb0,
         heartbeat_after: hb1,

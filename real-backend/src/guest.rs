@@ -50,6 +50,8 @@ pub mod ctrl {
     pub const CONSUMED: u64 = 0x10;
     /// Completed sweeps of the check loop.
     pub const SWEEPS: u64 = 0x18;
+    /// Set by the VMM to get the vCPU back promptly: the guest answers with an `out` (an exit).
+    pub const PAUSE_REQ: u64 = 0x20;
 }
 
 /// Offset within each RAM page of the byte the check loop increments.
@@ -118,24 +120,28 @@ impl Layout {
 /// consumed so far (0 at start).
 ///
 /// ```text
-/// 00 top:  48 FF 43 00       inc  qword [rbx+HEARTBEAT]
-/// 04       48 8B 43 08       mov  rax, [rbx+PRODUCED]
-/// 08       49 39 C7          cmp  r15, rax
-/// 0b       73 F3             jae  top                 ; nothing to do yet
-/// 0d       4C 89 F9          mov  rcx, r15
-/// 10       81 E1 mask32      and  ecx, RING_ENTRIES-1
-/// 16       48 C1 E1 04       shl  rcx, 4              ; 16-byte entries
-/// 1a       48 01 F1          add  rcx, rsi            ; rcx = &ring[i]
-/// 1d       0F 31             rdtsc
-/// 1f       48 C1 E2 20       shl  rdx, 32
-/// 23       48 09 D0          or   rax, rdx            ; rax = TSC
-/// 26       48 3B 01          cmp  rax, [rcx]          ; deadline reached?
-/// 29       72 D5             jb   top
-/// 2b       4C 8B 49 08       mov  r9, [rcx+8]         ; page address
-/// 2f       49 FF C7          inc  r15
-/// 32       4D 89 39          mov  [r9], r15           ; write the running count into the page
-/// 35       4C 89 7B 10       mov  [rbx+CONSUMED], r15
-/// 39       EB C5             jmp  top
+/// 00 top:   48 FF 43 00       inc  qword [rbx+HEARTBEAT]
+/// 04        80 7B 20 00       cmp  byte [rbx+PAUSE_REQ], 0
+/// 08        75 37             jne  pause               ; the VMM wants the vCPU back
+/// 0a        48 8B 43 08       mov  rax, [rbx+PRODUCED]
+/// 0e        49 39 C7          cmp  r15, rax
+/// 11        73 ED             jae  top                 ; nothing to do yet
+/// 13        4C 89 F9          mov  rcx, r15
+/// 16        81 E1 mask32      and  ecx, RING_ENTRIES-1
+/// 1c        48 C1 E1 04       shl  rcx, 4              ; 16-byte entries
+/// 20        48 01 F1          add  rcx, rsi            ; rcx = &ring[i]
+/// 23        0F 31             rdtsc
+/// 25        48 C1 E2 20       shl  rdx, 32
+/// 29        48 09 D0          or   rax, rdx            ; rax = TSC
+/// 2c        48 3B 01          cmp  rax, [rcx]          ; deadline reached?
+/// 2f        72 CF             jb   top
+/// 31        4C 8B 49 08       mov  r9, [rcx+8]         ; page address
+/// 35        49 FF C7          inc  r15
+/// 38        4D 89 39          mov  [r9], r15           ; write the running count into the page
+/// 3b        4C 89 7B 10       mov  [rbx+CONSUMED], r15
+/// 3f        EB BF             jmp  top
+/// 41 pause: E6 80             out  0x80, al            ; exits to the VMM (IOPL 3 allows it)
+/// 43        EB BB             jmp  top
 /// ```
 pub fn workload_code() -> Vec<u8> {
     let mask = ((RING_ENTRIES - 1) as u32).to_le_bytes();
@@ -144,6 +150,12 @@ pub fn workload_code() -> Vec<u8> {
         0xFF,
         0x43,
         ctrl::HEARTBEAT as u8, // inc qword [rbx+HEARTBEAT]
+        0x80,
+        0x7B,
+        ctrl::PAUSE_REQ as u8,
+        0x00, // cmp byte [rbx+PAUSE_REQ], 0
+        0x75,
+        0x37, // jne pause
         0x48,
         0x8B,
         0x43,
@@ -152,7 +164,7 @@ pub fn workload_code() -> Vec<u8> {
         0x39,
         0xC7, // cmp r15, rax
         0x73,
-        0xF3, // jae top
+        0xED, // jae top
         0x4C,
         0x89,
         0xF9, // mov rcx, r15
@@ -181,7 +193,7 @@ pub fn workload_code() -> Vec<u8> {
         0x3B,
         0x01, // cmp rax, [rcx]
         0x72,
-        0xD5, // jb top
+        0xCF, // jb top
         0x4C,
         0x8B,
         0x49,
@@ -197,9 +209,13 @@ pub fn workload_code() -> Vec<u8> {
         0x7B,
         ctrl::CONSUMED as u8, // mov [rbx+CONSUMED], r15
         0xEB,
-        0xC5, // jmp top
+        0xBF, // jmp top
+        0xE6,
+        0x80, // pause: out 0x80, al
+        0xEB,
+        0xBB, // jmp top
     ]);
-    debug_assert_eq!(c.len(), 0x3b);
+    debug_assert_eq!(c.len(), 0x45);
     c
 }
 
@@ -207,20 +223,30 @@ pub fn workload_code() -> Vec<u8> {
 ///
 /// ```text
 /// 00 outer: 31 FF            xor  edi, edi
-/// 02 inner: 48 89 F8         mov  rax, rdi
-/// 05        48 C1 E0 0C      shl  rax, 12             ; page address (RAM starts at 0)
-/// 09        FE 40 08         inc  byte [rax+CHECK_BYTE]
-/// 0c        48 FF 43 00      inc  qword [rbx+HEARTBEAT]
-/// 10        48 FF C7         inc  rdi
-/// 13        4C 39 E7         cmp  rdi, r12
-/// 16        72 EA            jb   inner
-/// 18        48 FF 43 18      inc  qword [rbx+SWEEPS]
-/// 1c        EB E2            jmp  outer
+/// 02 inner: 80 7B 20 00      cmp  byte [rbx+PAUSE_REQ], 0
+/// 06        75 1C            jne  pause
+/// 08        48 89 F8         mov  rax, rdi
+/// 0b        48 C1 E0 0C      shl  rax, 12             ; page address (RAM starts at 0)
+/// 0f        FE 40 08         inc  byte [rax+CHECK_BYTE]
+/// 12        48 FF 43 00      inc  qword [rbx+HEARTBEAT]
+/// 16        48 FF C7         inc  rdi
+/// 19        4C 39 E7         cmp  rdi, r12
+/// 1c        72 E4            jb   inner
+/// 1e        48 FF 43 18      inc  qword [rbx+SWEEPS]
+/// 22        EB DC            jmp  outer
+/// 24 pause: E6 80            out  0x80, al
+/// 26        EB DA            jmp  inner
 /// ```
 pub fn check_code() -> Vec<u8> {
     let c = vec![
         0x31,
         0xFF, // xor edi, edi
+        0x80,
+        0x7B,
+        ctrl::PAUSE_REQ as u8,
+        0x00, // cmp byte [rbx+PAUSE_REQ], 0
+        0x75,
+        0x1C, // jne pause
         0x48,
         0x89,
         0xF8, // mov rax, rdi
@@ -242,15 +268,19 @@ pub fn check_code() -> Vec<u8> {
         0x39,
         0xE7, // cmp rdi, r12
         0x72,
-        0xEA, // jb inner
+        0xE4, // jb inner
         0x48,
         0xFF,
         0x43,
         ctrl::SWEEPS as u8, // inc qword [rbx+SWEEPS]
         0xEB,
-        0xE2, // jmp outer
+        0xDC, // jmp outer
+        0xE6,
+        0x80, // pause: out 0x80, al
+        0xEB,
+        0xDA, // jmp inner
     ];
-    debug_assert_eq!(c.len(), 0x1e);
+    debug_assert_eq!(c.len(), 0x28);
     c
 }
 
@@ -435,15 +465,18 @@ mod tests {
     #[test]
     fn code_sizes_and_branch_targets() {
         let w = workload_code();
-        assert_eq!(w.len(), 0x3b);
-        // jae at 0x0b, jb at 0x29, jmp at 0x39 all land at 0.
-        for (at, len) in [(0x0busize, 2usize), (0x29, 2), (0x39, 2)] {
-            let rel = w[at + 1] as i8 as i64;
-            assert_eq!(at as i64 + len as i64 + rel, 0);
+        assert_eq!(w.len(), 0x45);
+        let target = |c: &[u8], at: usize| at as i64 + 2 + (c[at + 1] as i8 as i64);
+        assert_eq!(target(&w, 0x08), 0x41);
+        for at in [0x11, 0x2f, 0x3f, 0x43] {
+            assert_eq!(target(&w, at), 0, "branch at {at:#x}");
         }
         let c = check_code();
-        assert_eq!(0x16 + 2 + (c[0x17] as i8 as i64), 2);
-        assert_eq!(0x1c + 2 + (c[0x1d] as i8 as i64), 0);
+        assert_eq!(c.len(), 0x28);
+        assert_eq!(target(&c, 0x06), 0x24);
+        assert_eq!(target(&c, 0x1c), 0x02);
+        assert_eq!(target(&c, 0x22), 0x00);
+        assert_eq!(target(&c, 0x26), 0x02);
     }
 
     #[test]

@@ -142,3 +142,55 @@ pub fn kvm_available() -> bool {
         .open("/dev/kvm")
         .is_ok()
 }
+
+#[cfg(test)]
+mod spike {
+    use crate::guest::*;
+    use crate::transport::mono_ns;
+    use crate::vstate::Vm;
+
+    /// Pause/resume latency of the boot vCPU (run with --ignored --nocapture).
+    #[test]
+    #[ignore]
+    fn pause_resume_latency() {
+        let layout = Layout::new(8 << 20).unwrap();
+        let vm = Vm::new(layout, true).unwrap();
+        // SAFETY: no vCPU exists yet.
+        build_system(&layout, GuestMode::Workload, unsafe {
+            vm.sys.as_mut_slice_unshared()
+        });
+        let v = vm.create_vcpu(0).unwrap();
+        let s = v.fd.get_sregs().unwrap();
+        v.fd.set_sregs(&entry_sregs(&layout, s)).unwrap();
+        v.fd.set_regs(&entry_regs(&layout, GuestMode::Workload))
+            .unwrap();
+        let t = v.spawn().unwrap();
+        for i in 0..10 {
+            let hb0 = vm.sys.read_u64(CTRL_OFF + ctrl::HEARTBEAT);
+            let t0 = mono_ns();
+            crate::source::resume_vcpu(&vm, &t).unwrap();
+            while vm.sys.read_u64(CTRL_OFF + ctrl::HEARTBEAT) == hb0 {
+                std::thread::yield_now();
+            }
+            let t1 = mono_ns();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let t2 = mono_ns();
+            if i % 2 == 0 {
+                crate::source::pause_vcpu(&vm, &t, None).unwrap()
+            } else {
+                t.pause().unwrap()
+            };
+            let t3 = mono_ns();
+            use crate::vstate::vcpu::{DBG_EXIT, DBG_WOKEN};
+            use std::sync::atomic::Ordering::Relaxed;
+            eprintln!(
+                "resume {} us (woken after {} us), pause {} us (exit after {} us) ({})",
+                (t1 - t0) / 1000,
+                (DBG_WOKEN.load(Relaxed) as i64 - t0 as i64) / 1000,
+                (t3 - t2) / 1000,
+                (DBG_EXIT.load(Relaxed) as i64 - t2 as i64) / 1000,
+                if i % 2 == 0 { "flag" } else { "signal" }
+            );
+        }
+    }
+}

@@ -104,7 +104,8 @@ pub(crate) fn read_image(path: &str, vm: &Vm) -> Result<Vec<u8>, DestError> {
 pub fn quick_migrate(ck: &Checked, opts: &RealOptions, dir: &Path) -> Result<RealRun, RealError> {
     let sc = &ck.scenario;
     let (vm, v0, others, clock) = build_source(ck, opts, false)?;
-    let running = v0.start();
+    let cpu = v0.spawn().map_err(SourceError::from)?;
+    crate::source::resume_vcpu(&vm, &cpu).map_err(SourceError::from)?;
     let t_start = mono_ns();
     let feeder = (opts.mode == GuestMode::Workload).then(|| {
         Feeder::start(
@@ -132,11 +133,13 @@ pub fn quick_migrate(ck: &Checked, opts: &RealOptions, dir: &Path) -> Result<Rea
         f.stop();
     }
     let t0 = mono_ns();
-    let (v0, res) = running.stop().map_err(SourceError::from)?;
+    crate::source::pause_vcpu(&vm, &cpu, None).map_err(SourceError::from)?;
     let t1 = mono_ns();
-    res.map_err(SourceError::from)?;
     let guest_writes = vm.sys.read_u64(CTRL_OFF + ctrl::CONSUMED);
-    let mut vs = vec![v0.save().map_err(SourceError::from)?];
+    let mut vs = vec![cpu
+        .vcpu()
+        .and_then(|v| v.save())
+        .map_err(SourceError::from)?];
     for v in &others {
         vs.push(v.save().map_err(SourceError::from)?);
     }
@@ -165,7 +168,7 @@ pub fn quick_migrate(ck: &Checked, opts: &RealOptions, dir: &Path) -> Result<Rea
     let _ = std::fs::remove_file(&path);
     let (v, _) = transport::get_u64s(&p, 7).map_err(|e| fail(e.to_string()))?;
     let (d1, d2, d3, d4) = (v[0], v[1], v[2], v[3]);
-    drop(v0);
+    drop(cpu);
     drop(others);
     let fin = expect(
         &rx,

@@ -14,7 +14,7 @@ use crate::transport::{
 };
 use crate::vstate::vcpu::MSR_IA32_TSC;
 use crate::vstate::vm::{RAM_SLOT, SYS_SLOT};
-use crate::vstate::{Running, Vcpu, VcpuError, Vm, VmError};
+use crate::vstate::{Vcpu, VcpuError, VcpuThread, Vm, VmError};
 use crate::{DestLaunch, DestProgress, RealError, RealOptions, RealRun};
 use sim::bitmap::Bitmap;
 use sim::metrics::{Downtime, RoundRecord, RunReport, RunResult, Status};
@@ -229,7 +229,7 @@ struct Driver<'a> {
     link: PacedSender,
     rx: Receiver<Result<(u8, Vec<u8>), TransportError>>,
     dest: Option<DestHandle>,
-    running: Option<Running>,
+    cpu: VcpuThread,
     others: Vec<Vcpu>,
     feeder: Option<Feeder>,
     t_start: u64,
@@ -477,7 +477,7 @@ impl<'a> Driver<'a> {
                     Err(e) => e.to_string(),
                 }));
             }
-            if self.running.as_ref().map_or(true, |r| r.has_died()) {
+            if self.cpu.has_died() {
                 return Ok(Err("the guest stopped on the source".into()));
             }
             let t = self.now();
@@ -514,13 +514,12 @@ impl<'a> Driver<'a> {
 
     /// The VM stays on the source: resume it if paused, stop the destination, and check that
     /// the guest runs on with its memory intact.
-    fn fail(&mut self, paused: Option<(Vcpu, Vec<Vcpu>)>) -> (bool, Option<Result<(), String>>) {
+    fn fail(&mut self, paused: bool) -> (bool, Option<Result<(), String>>) {
         if let Some(f) = self.feeder.take() {
             f.stop();
         }
-        if let Some((v0, rest)) = paused {
-            self.others = rest;
-            self.running = Some(v0.start());
+        if paused {
+            let _ = resume_vcpu(&self.vm, &self.cpu);
         }
         let _ = self.link.send(kind::ABORT, &[]);
         if let Some(d) = self.dest.take() {
@@ -531,16 +530,35 @@ impl<'a> Driver<'a> {
         let hb1 = self.vm.sys.read_u64(CTRL_OFF + ctrl::HEARTBEAT);
         let alive = hb1 > hb0;
         let mut check = None;
-        if let Some(r) = self.running.take() {
-            if let Ok((v, _)) = r.stop() {
-                if self.opts.mode == GuestMode::Check {
-                    check = Some(check_ram(&self.vm));
-                }
-                self.running = Some(v.start());
+        if pause_vcpu(&self.vm, &self.cpu, None).is_ok() {
+            if self.opts.mode == GuestMode::Check {
+                check = Some(check_ram(&self.vm));
             }
+            let _ = resume_vcpu(&self.vm, &self.cpu);
         }
         (alive, check)
     }
+}
+
+/// Pause a running vCPU: raise the guest's pause-request word (the guest exits with an `out`
+/// within one loop iteration) and kick the thread out of KVM_RUN.
+pub(crate) fn pause_vcpu(
+    vm: &Vm,
+    t: &VcpuThread,
+    vmm_dirty: Option<&VmmDirty>,
+) -> Result<(), VcpuError> {
+    t.pause_with(|| {
+        vm.sys.write_u64(CTRL_OFF + ctrl::PAUSE_REQ, 1);
+        if let Some(d) = vmm_dirty {
+            d.mark(CTRL_OFF / PAGE);
+        }
+    })
+}
+
+/// Clear the pause request and run the vCPU again.
+pub(crate) fn resume_vcpu(vm: &Vm, t: &VcpuThread) -> Result<(), VcpuError> {
+    vm.sys.write_u64(CTRL_OFF + ctrl::PAUSE_REQ, 0);
+    t.resume()
 }
 
 /// The check loop's invariant over RAM, read while the vCPUs are paused.
@@ -623,7 +641,8 @@ pub fn migrate(ck: &Checked, opts: &RealOptions) -> Result<RealRun, RealError> {
     let policy = sc.policy.build();
     let (precopy_bps, final_bps) = link_rates(ck, policy.as_ref());
     let one_way_ns = (sc.link.rtt_ms * 1e6 / 2.0).round() as u64;
-    let running = v0.start();
+    let cpu = v0.spawn().map_err(SourceError::from)?;
+    resume_vcpu(&vm, &cpu).map_err(SourceError::from)?;
     std::thread::sleep(Duration::from_millis(opts.warmup_ms));
     let (sock, dest) = connect_dest(&opts.dest)?;
     let rx = spawn_reader(&sock).map_err(SourceError::Launch)?;
@@ -640,7 +659,7 @@ pub fn migrate(ck: &Checked, opts: &RealOptions) -> Result<RealRun, RealError> {
         link,
         rx,
         dest: Some(dest),
-        running: Some(running),
+        cpu,
         others,
         feeder: None,
         t_start: mono_ns(),
@@ -701,7 +720,7 @@ pub fn migrate(ck: &Checked, opts: &RealOptions) -> Result<RealRun, RealError> {
     match outcome {
         Err(why) => {
             let t = d.now();
-            let after = d.fail(None);
+            let after = d.fail(false);
             Ok(finish_failed(
                 d,
                 t,
@@ -768,9 +787,6 @@ fn finish_failed(
     }
     let report = base_report(&d, status, why, t);
     let writes = report.guest_writes;
-    if let Some(r) = d.running.take() {
-        let _ = r.stop();
-    }
     RealRun {
         achieved_pps: writes as f64 * 1e9 / t.max(1) as f64,
         target_pps,
@@ -794,15 +810,30 @@ fn stop_and_copy(
     why: String,
     target_pps: f64,
 ) -> Result<RealRun, RealError> {
+    // Barrier: let the destination catch up with what is already in flight, so the blackout
+    // does not include draining socket buffers filled during pre-copy.
+    let barrier = d
+        .link
+        .send(kind::BARRIER, &[])
+        .map_err(|e| e.to_string())
+        .and_then(|_| expect(&d.rx, kind::BARRIER_ACK, Duration::from_secs(60)));
+    if let Err(why) = barrier {
+        let t = d.now();
+        let after = d.fail(false);
+        return Ok(finish_failed(
+            d,
+            t,
+            Status::Failed,
+            why,
+            Some(after),
+            target_pps,
+        ));
+    }
     let writes_fed = d.feeder.take().map(|f| f.stop()).unwrap_or_default();
     // Blackout starts: pause the vCPU.
     let t0 = mono_ns();
-    let (v0, res) = match d.running.take() {
-        Some(r) => r.stop().map_err(SourceError::from)?,
-        None => return Err(SourceError::Integrity("vCPU not running at switchover".into()).into()),
-    };
+    pause_vcpu(&d.vm, &d.cpu, Some(&d.vmm_dirty)).map_err(SourceError::from)?;
     let t1 = mono_ns();
-    res.map_err(SourceError::from)?;
     let guest_writes = d.vm.sys.read_u64(CTRL_OFF + ctrl::CONSUMED);
     // Final harvest.
     d.collect_dirty(true)?;
@@ -819,7 +850,7 @@ fn stop_and_copy(
     // Save the machine state.
     let others = std::mem::take(&mut d.others);
     let saved = (|| -> Result<Vec<u8>, SourceError> {
-        let mut vs = vec![v0.save()?];
+        let mut vs = vec![d.cpu.vcpu()?.save()?];
         for v in &others {
             vs.push(v.save()?);
         }
@@ -843,6 +874,13 @@ fn stop_and_copy(
             }
         }
     }
+    let t_sent = mono_ns();
+    if std::env::var_os("MIGSIM_DEBUG").is_some() {
+        eprintln!(
+            "debug: final pages handed to the socket after {} ns",
+            t_sent - t3
+        );
+    }
     let mut verify = Ok(());
     if sent.is_ok() {
         sent = d.link.send(kind::STATE, &saved).map(|_| ());
@@ -865,7 +903,8 @@ fn stop_and_copy(
             if why.contains("digest") {
                 verify = Err(why.clone());
             }
-            let after = d.fail(Some((v0, others)));
+            d.others = others;
+            let after = d.fail(true);
             let t = mono_ns() - d.t_start;
             verify.map_err(SourceError::Integrity)?;
             return Ok(finish_failed(
@@ -882,8 +921,19 @@ fn stop_and_copy(
     let (d1, d2, d3, d4, _load_ns, hb_resume, w_resume) =
         (v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
     // The destination runs the guest: tear the source VM down.
-    drop(v0);
     drop(others);
+    if std::env::var_os("MIGSIM_DEBUG").is_some() {
+        eprintln!(
+            "debug: t0 {t0} t1 +{} t2 +{} t3 +{} | d1 +{} d2 +{} d3 +{} d4 +{} (ns from t0)",
+            t1 - t0,
+            t2 - t0,
+            t3 - t0,
+            d1 as i64 - t0 as i64,
+            d2 - t0,
+            d3 - t0,
+            d4 - t0
+        );
+    }
     let dl = d1.max(t3);
     let downtime = Downtime {
         pause_ns: t1 - t0,

@@ -60,6 +60,9 @@ pub mod kind {
     pub const RESTORE_FILE: u8 = 9;
     /// src→dst: digests of the source memory at pause (RAM chunks, then the system region).
     pub const DIGEST: u8 = 10;
+    /// src→dst: answer with BARRIER_ACK once everything before it has been applied.
+    pub const BARRIER: u8 = 11;
+    pub const BARRIER_ACK: u8 = 12;
 }
 
 /// Page word flags.

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 pub mod output;
+mod real;
 mod run;
 mod scenario_cmd;
 
@@ -24,6 +25,11 @@ enum Command {
     Run(run::RunArgs),
     /// Print or validate scenario files.
     Scenario(scenario_cmd::ScenarioArgs),
+    /// Migrate a real KVM guest running the scenario's workload (live, or --quick).
+    Real(real::RealArgs),
+    /// The destination VMM process of `migsim real` (internal).
+    #[command(name = "__dest", hide = true)]
+    Dest(real::DestArgs),
 }
 
 /// Exit code for bad input (unreadable or invalid files, bad arguments).
@@ -34,6 +40,8 @@ pub fn main() -> ExitCode {
     let res = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Scenario(a) => scenario_cmd::run(a),
+        Command::Real(a) => real::run(a),
+        Command::Dest(a) => real::dest(a),
     };
     match res {
         Ok(code) => code,

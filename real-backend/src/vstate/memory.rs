@@ -27,7 +27,9 @@ unsafe impl Send for GuestRegion {}
 unsafe impl Sync for GuestRegion {}
 
 impl GuestRegion {
-    pub fn new(gpa: u64, len: u64) -> Result<GuestRegion, MemoryError> {
+    /// `populate` faults every page in now (MAP_POPULATE) instead of on first touch.
+    pub fn new(gpa: u64, len: u64, populate: bool) -> Result<GuestRegion, MemoryError> {
+        let extra = if populate { libc::MAP_POPULATE } else { 0 };
         // SAFETY: an anonymous mapping with no address hint has no preconditions; the result is
         // checked against MAP_FAILED below.
         let p = unsafe {
@@ -35,7 +37,7 @@ impl GuestRegion {
                 std::ptr::null_mut(),
                 len as usize,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | extra,
                 -1,
                 0,
             )
@@ -198,7 +200,7 @@ mod tests {
 
     #[test]
     fn read_write_and_digest() {
-        let r = GuestRegion::new(0, 4 << 20).unwrap();
+        let r = GuestRegion::new(0, 4 << 20, false).unwrap();
         assert_eq!(r.pages(), 1024);
         r.write_u64(4096, 0xdead_beef);
         assert_eq!(r.read_u64(4096), 0xdead_beef);

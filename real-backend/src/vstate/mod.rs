@@ -5,5 +5,5 @@ pub mod vcpu;
 pub mod vm;
 
 pub use memory::{GuestRegion, MemoryError};
-pub use vcpu::{Running, Vcpu, VcpuError, VcpuState};
+pub use vcpu::{Vcpu, VcpuError, VcpuState, VcpuThread};
 pub use vm::{Vm, VmError, VmState};

@@ -7,7 +7,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -130,24 +130,31 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Start running this vCPU on its own thread.
-    pub fn start(self) -> Running {
+    /// Give this vCPU its own thread. The thread enters KVM_RUN once with `immediate_exit` set
+    /// (so KVM binds the vCPU to it now rather than in a later blackout: a vCPU changing threads
+    /// costs an RCU grace period, milliseconds) and then waits, parked, for [`VcpuThread::resume`].
+    pub fn spawn(self) -> Result<VcpuThread, VcpuError> {
         install_kick_handler();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
+        let shared = Arc::new(Shared {
+            ctl: Mutex::new(Ctl {
+                cmd: Cmd::Pause,
+                state: St::Starting,
+            }),
+            cv: Condvar::new(),
+            stop: AtomicBool::new(true),
+            vcpu: Mutex::new(self),
+        });
+        let sh = shared.clone();
         let handle = std::thread::Builder::new()
-            .name(format!("vcpu{}", self.id))
-            .spawn(move || {
-                let mut v = self;
-                let r = v.run_until(&stop2);
-                (v, r)
-            });
-        Running {
-            // Spawning a thread only fails when the OS is out of resources; the caller sees it
-            // as a panic-like failure on stop.
-            handle: handle.ok(),
-            stop,
-        }
+            .name("vcpu".into())
+            .spawn(move || vcpu_thread(&sh))
+            .map_err(|_| VcpuError::Panicked)?;
+        let t = VcpuThread {
+            shared,
+            handle: Some(handle),
+        };
+        t.wait_parked(Duration::from_secs(5))?;
+        Ok(t)
     }
 
     fn run_until(&mut self, stop: &AtomicBool) -> Result<(), VcpuError> {
@@ -156,7 +163,9 @@ impl Vcpu {
             if stop.load(Ordering::Acquire) {
                 return Ok(());
             }
-            match self.fd.run() {
+            let r = self.fd.run();
+            DBG_EXIT.store(crate::transport::mono_ns(), Ordering::Relaxed);
+            match r {
                 Ok(VcpuExit::Intr) => {}
                 Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::IoIn(..)) => {}
                 Ok(other) => {
@@ -168,6 +177,194 @@ impl Vcpu {
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
                 Err(e) => return Err(VcpuError::Kvm("KVM_RUN", e)),
             }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Cmd {
+    Run,
+    Pause,
+    Exit,
+}
+
+#[derive(Debug)]
+enum St {
+    Starting,
+    Parked,
+    Running,
+    Dead(String),
+}
+
+struct Shared {
+    ctl: Mutex<Ctl>,
+    cv: Condvar,
+    /// Raised to make the run loop return to userspace and park.
+    stop: AtomicBool,
+    vcpu: Mutex<Vcpu>,
+}
+
+struct Ctl {
+    cmd: Cmd,
+    state: St,
+}
+
+fn vcpu_thread(sh: &Shared) {
+    // Bind the vCPU to this thread: one KVM_RUN that returns at once.
+    if let Ok(mut v) = sh.vcpu.lock() {
+        v.fd.set_kvm_immediate_exit(1);
+        let _ = v.fd.run();
+        v.fd.set_kvm_immediate_exit(0);
+    }
+    loop {
+        {
+            let Ok(mut c) = sh.ctl.lock() else { return };
+            while c.cmd == Cmd::Pause {
+                if !matches!(c.state, St::Dead(_)) {
+                    c.state = St::Parked;
+                }
+                sh.cv.notify_all();
+                c = match sh.cv.wait(c) {
+                    Ok(c) => c,
+                    Err(_) => return,
+                };
+            }
+            if c.cmd == Cmd::Exit {
+                return;
+            }
+            c.state = St::Running;
+            DBG_WOKEN.store(crate::transport::mono_ns(), Ordering::Relaxed);
+        }
+        let r = match sh.vcpu.lock() {
+            Ok(mut v) => v.run_until(&sh.stop),
+            Err(_) => Err(VcpuError::Panicked),
+        };
+        let Ok(mut c) = sh.ctl.lock() else { return };
+        if let Err(e) = r {
+            c.state = St::Dead(e.to_string());
+            c.cmd = Cmd::Pause;
+        } else if c.cmd == Cmd::Run {
+            // Stopped without a pause command (cannot happen: `stop` is only raised by pause).
+            c.cmd = Cmd::Pause;
+        }
+        sh.cv.notify_all();
+    }
+}
+
+/// A vCPU with its own thread; parked or running.
+pub struct VcpuThread {
+    shared: Arc<Shared>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl VcpuThread {
+    /// Run the guest.
+    pub fn resume(&self) -> Result<(), VcpuError> {
+        let mut c = self.shared.ctl.lock().map_err(|_| VcpuError::Panicked)?;
+        if let St::Dead(e) = &c.state {
+            return Err(VcpuError::Exit {
+                id: 0,
+                what: e.clone(),
+            });
+        }
+        self.shared.stop.store(false, Ordering::Release);
+        c.cmd = Cmd::Run;
+        self.shared.cv.notify_all();
+        Ok(())
+    }
+
+    /// True when the guest stopped by itself (a crash or a KVM error).
+    pub fn has_died(&self) -> bool {
+        self.shared
+            .ctl
+            .lock()
+            .map_or(true, |c| matches!(c.state, St::Dead(_)))
+    }
+
+    /// Stop the guest and park the thread: raise the stop flag, call `request` (e.g. to set
+    /// the guest's pause-request word so it exits by itself), and kick the thread with a signal
+    /// until it is parked. Returns an error when the guest had died.
+    pub fn pause_with(&self, request: impl FnOnce()) -> Result<(), VcpuError> {
+        self.shared.stop.store(true, Ordering::Release);
+        {
+            let mut c = self.shared.ctl.lock().map_err(|_| VcpuError::Panicked)?;
+            c.cmd = Cmd::Pause;
+        }
+        request();
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(5);
+        loop {
+            {
+                let c = self.shared.ctl.lock().map_err(|_| VcpuError::Panicked)?;
+                match &c.state {
+                    St::Parked => return Ok(()),
+                    St::Dead(e) => {
+                        return Err(VcpuError::Exit {
+                            id: 0,
+                            what: e.clone(),
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            if t0.elapsed() > limit {
+                return Err(VcpuError::StopTimeout(limit));
+            }
+            if t0.elapsed() < Duration::from_millis(KICK_AFTER_MS) {
+                std::hint::spin_loop();
+                continue;
+            }
+            if let Some(h) = &self.handle {
+                // SAFETY: the thread has not been joined, so its pthread_t is valid; the signal
+                // has a no-op handler (installed in `spawn`) and only interrupts KVM_RUN.
+                unsafe {
+                    libc::pthread_kill(h.as_pthread_t(), kick_signal());
+                }
+            }
+            let spin = Instant::now();
+            while spin.elapsed() < Duration::from_micros(100) {
+                if let Ok(c) = self.shared.ctl.try_lock() {
+                    if !matches!(c.state, St::Running) {
+                        break;
+                    }
+                }
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    pub fn pause(&self) -> Result<(), VcpuError> {
+        self.pause_with(|| {})
+    }
+
+    fn wait_parked(&self, limit: Duration) -> Result<(), VcpuError> {
+        let c = self.shared.ctl.lock().map_err(|_| VcpuError::Panicked)?;
+        let (c, _) = self
+            .shared
+            .cv
+            .wait_timeout_while(c, limit, |c| matches!(c.state, St::Starting))
+            .map_err(|_| VcpuError::Panicked)?;
+        if matches!(c.state, St::Starting) {
+            return Err(VcpuError::StopTimeout(limit));
+        }
+        Ok(())
+    }
+
+    /// The vCPU, for state save/restore while parked (blocks while it runs).
+    pub fn vcpu(&self) -> Result<MutexGuard<'_, Vcpu>, VcpuError> {
+        self.shared.vcpu.lock().map_err(|_| VcpuError::Panicked)
+    }
+}
+
+impl Drop for VcpuThread {
+    fn drop(&mut self) {
+        let _ = self.pause();
+        if let Ok(mut c) = self.shared.ctl.lock() {
+            c.cmd = Cmd::Exit;
+            self.shared.cv.notify_all();
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
         }
     }
 }
@@ -218,6 +415,16 @@ fn write_msrs(fd: &VcpuFd, list: &[&(u32, u64)]) -> Result<(), VcpuError> {
     }
 }
 
+/// Port-I/O exits seen by all vCPU threads of this process (diagnostics).
+pub static IO_EXITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The guest's own pause exit normally ends KVM_RUN; signals are the fallback after this long.
+const KICK_AFTER_MS: u64 = 1;
+
+/// Diagnostics: last wake-up of a vCPU thread, last return from KVM_RUN.
+pub static DBG_WOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static DBG_EXIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 fn kick_signal() -> libc::c_int {
@@ -231,43 +438,4 @@ fn install_kick_handler() {
         // a real-time signal does not fail in practice, and a kick would then be fatal, loudly.
         let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler);
     });
-}
-
-/// A vCPU running on its thread.
-pub struct Running {
-    handle: Option<JoinHandle<(Vcpu, Result<(), VcpuError>)>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Running {
-    /// True when the vCPU thread has ended by itself (a guest crash or KVM error).
-    pub fn has_died(&self) -> bool {
-        self.handle.as_ref().map_or(true, |h| h.is_finished())
-    }
-
-    /// Stop the vCPU: ask, kick it out of KVM_RUN with a signal until the thread ends, and
-    /// return it with the reason it ended (Ok when it was stopped on request).
-    pub fn stop(mut self) -> Result<(Vcpu, Result<(), VcpuError>), VcpuError> {
-        self.stop.store(true, Ordering::Release);
-        let h = self.handle.take().ok_or(VcpuError::Panicked)?;
-        let t0 = Instant::now();
-        let limit = Duration::from_secs(5);
-        while !h.is_finished() {
-            // SAFETY: the thread handle is alive (not joined yet), so its pthread_t is valid;
-            // the signal has a no-op handler installed in `start`.
-            unsafe {
-                libc::pthread_kill(h.as_pthread_t(), kick_signal());
-            }
-            if t0.elapsed() > limit {
-                return Err(VcpuError::StopTimeout(limit));
-            }
-            // Spin briefly (the pause latency is part of the blackout), then re-kick in case
-            // the signal arrived before the thread entered KVM_RUN.
-            let spin = Instant::now();
-            while !h.is_finished() && spin.elapsed() < Duration::from_micros(200) {
-                std::hint::spin_loop();
-            }
-        }
-        h.join().map_err(|_| VcpuError::Panicked)
-    }
 }

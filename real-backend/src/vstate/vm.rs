@@ -69,6 +69,16 @@ impl Vm {
     /// for both slots (using manual protect when KVM offers it, so a harvest re-protects only
     /// the pages it found dirty).
     pub fn new(layout: Layout, dirty_log: bool) -> Result<Vm, VmError> {
+        Self::build(layout, dirty_log, false)
+    }
+
+    /// A destination VM: no dirty logging, memory faulted in up front so that receiving pages
+    /// does not take a page fault each.
+    pub fn new_populated(layout: Layout) -> Result<Vm, VmError> {
+        Self::build(layout, false, true)
+    }
+
+    fn build(layout: Layout, dirty_log: bool, populate: bool) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let fd = kvm.create_vm().map_err(kerr("KVM_CREATE_VM"))?;
         let mut manual_protect = false;
@@ -85,8 +95,8 @@ impl Vm {
         fd.set_tss_address(0xfffb_d000)
             .map_err(kerr("KVM_SET_TSS_ADDR"))?;
         fd.create_irq_chip().map_err(kerr("KVM_CREATE_IRQCHIP"))?;
-        let ram = GuestRegion::new(0, layout.ram_bytes)?;
-        let sys = GuestRegion::new(layout.sys_base, SYS_BYTES)?;
+        let ram = GuestRegion::new(0, layout.ram_bytes, populate)?;
+        let sys = GuestRegion::new(layout.sys_base, SYS_BYTES, populate)?;
         let flags = if dirty_log {
             KVM_MEM_LOG_DIRTY_PAGES
         } else {
