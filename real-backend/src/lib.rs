@@ -47,7 +47,9 @@ pub enum RealError {
 /// How the destination VMM is started.
 #[derive(Clone, Debug)]
 pub enum DestLaunch {
-    /// A separate process: `program args... --connect ADDR` (the CLI passes `migsim __dest`).
+    /// A separate process: `program args...`, where an argument `{addr}` is replaced by the
+    /// source's address; without one, `--connect ADDR` is appended (the CLI passes
+    /// `migsim __dest`).
     Process { program: PathBuf, args: Vec<String> },
     /// A thread of this process (tests where a separate process is not the point).
     Thread,
@@ -59,6 +61,9 @@ pub struct Faults {
     pub send: transport::SendFaults,
     /// Kill the destination process (SIGKILL) once this many bytes have been sent.
     pub kill_dest_after_bytes: Option<u64>,
+    /// "Forget" to send the control page in the stop-and-copy (a lost dirty page): the digest
+    /// comparison must catch it.
+    pub lose_a_page: bool,
 }
 
 /// Options of a real migration.

@@ -115,10 +115,14 @@ pub(crate) fn connect_dest(launch: &DestLaunch) -> Result<(TcpStream, DestHandle
     let addr = l.local_addr().map_err(SourceError::Launch)?;
     let mut handle = match launch {
         DestLaunch::Process { program, args } => {
+            let a = addr.to_string();
+            let mut argv: Vec<String> = args.iter().map(|x| x.replace("{addr}", &a)).collect();
+            if !args.iter().any(|x| x.contains("{addr}")) {
+                argv.push("--connect".into());
+                argv.push(a);
+            }
             let child = Command::new(program)
-                .args(args)
-                .arg("--connect")
-                .arg(addr.to_string())
+                .args(argv)
                 .stdin(Stdio::null())
                 .spawn()
                 .map_err(SourceError::Launch)?;
@@ -498,7 +502,7 @@ impl<'a> Driver<'a> {
                 continue;
             }
             if let Err(e) = self.send_batch() {
-                return Ok(Err(e.to_string()));
+                return Ok(Err(self.explain(e)));
             }
             if let (Some(p), Some(nt)) = (tick, next_tick) {
                 if self.now() >= nt {
@@ -510,6 +514,22 @@ impl<'a> Driver<'a> {
             }
         }
         Ok(Ok(out))
+    }
+
+    /// A send failed: prefer the destination's own account (an ERROR frame it sent before
+    /// closing, e.g. a checksum failure) over our broken pipe.
+    fn explain(&self, e: TransportError) -> String {
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(Ok((kind::ERROR, p))) => {
+                    return format!("destination: {} (then {e})", String::from_utf8_lossy(&p))
+                }
+                Ok(Ok(_)) => continue,
+                _ => break,
+            }
+        }
+        e.to_string()
     }
 
     /// The VM stays on the source: resume it if paused, stop the destination, and check that
@@ -567,6 +587,25 @@ pub(crate) fn check_ram(vm: &Vm) -> Result<(), String> {
         .map(|p| vm.ram.read_u8(p * PAGE + guest::CHECK_BYTE))
         .collect();
     guest::check_steps(&bytes)
+}
+
+/// Every RAM page the guest wrote holds the number of its last write (1-based) in its first
+/// 8 bytes: check that against the page sequence fed to it (`n` writes done).
+pub(crate) fn check_write_sequence(vm: &Vm, writes: &[u64], n: u64) -> Result<(), String> {
+    if (writes.len() as u64) < n {
+        return Err(format!("{n} writes done but only {} fed", writes.len()));
+    }
+    let mut last = std::collections::HashMap::new();
+    for (k, &p) in writes[..n as usize].iter().enumerate() {
+        last.insert(p, k as u64 + 1);
+    }
+    for (&p, &k) in &last {
+        let got = vm.ram.read_u64(p * PAGE);
+        if got != k {
+            return Err(format!("page {p} holds write #{got}, expected #{k}"));
+        }
+    }
+    Ok(())
 }
 
 /// Digests of RAM then the system region.
@@ -847,6 +886,13 @@ fn stop_and_copy(
     }
     d.send.or_with(&d.dirty);
     d.dirty.clear_all();
+    if d.opts.faults.lose_a_page {
+        d.send.clear(d.ram_pages + CTRL_OFF / PAGE);
+    }
+    if d.opts.record_writes {
+        check_write_sequence(&d.vm, &writes_fed, guest_writes)
+            .map_err(|e| SourceError::Integrity(format!("guest page writes: {e}")))?;
+    }
     // Save the machine state.
     let others = std::mem::take(&mut d.others);
     let saved = (|| -> Result<Vec<u8>, SourceError> {
@@ -894,7 +940,7 @@ fn stop_and_copy(
         sent = d.link.drain();
     }
     let resumed = match sent {
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(d.explain(e)),
         Ok(()) => expect(&d.rx, kind::RESUMED, Duration::from_secs(60)),
     };
     let p = match resumed {
