@@ -168,10 +168,11 @@ pub(crate) fn connect_dest(launch: &DestLaunch) -> Result<(TcpStream, DestHandle
     }
 }
 
+/// Frames (or the link error that ended them) from the destination.
+pub(crate) type FrameRx = Receiver<Result<(u8, Vec<u8>), TransportError>>;
+
 /// Messages from the destination, read on their own thread.
-pub(crate) fn spawn_reader(
-    s: &TcpStream,
-) -> std::io::Result<Receiver<Result<(u8, Vec<u8>), TransportError>>> {
+pub(crate) fn spawn_reader(s: &TcpStream) -> std::io::Result<FrameRx> {
     let mut r = std::io::BufReader::new(s.try_clone()?);
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
@@ -189,7 +190,7 @@ pub(crate) fn spawn_reader(
 /// Wait for a frame of `want` kind from the destination; ERROR frames and link errors become
 /// the failure reason.
 pub(crate) fn expect(
-    rx: &Receiver<Result<(u8, Vec<u8>), TransportError>>,
+    rx: &FrameRx,
     want: u8,
     timeout: Duration,
 ) -> Result<Vec<u8>, String> {
@@ -231,7 +232,7 @@ struct Driver<'a> {
     vmm_dirty: Arc<VmmDirty>,
     policy: Box<dyn Policy>,
     link: PacedSender,
-    rx: Receiver<Result<(u8, Vec<u8>), TransportError>>,
+    rx: FrameRx,
     dest: Option<DestHandle>,
     cpu: VcpuThread,
     others: Vec<Vcpu>,

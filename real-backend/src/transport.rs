@@ -287,7 +287,7 @@ impl PacedSender {
         self.buf.clear();
         let n = encode_frame(&mut self.buf, kind, payload);
         if let Some(at) = self.faults.corrupt_after_bytes {
-            if self.bytes >= at && payload.len() > 0 {
+            if self.bytes >= at && !payload.is_empty() {
                 self.buf[HEADER_BYTES] ^= 0x5a;
                 self.faults.corrupt_after_bytes = None;
             }
