@@ -3,13 +3,14 @@
 //!
 //! The stream is advanced in 100 µs steps of wall time; every write of a step gets the step's
 //! end as its deadline, converted to the guest's TSC. A throttle stretches guest time exactly as
-//! the simulator does (guest time advances at `(100 − pct) %` of wall time).
+//! the simulator does (guest time advances at `1 − ppm/10⁶` of wall time); a dirty-rate limit
+//! is applied the same way, as the simulator does.
 
 use crate::guest::{ctrl, CTRL_OFF, PAGE, RING_ENTRIES, RING_OFF};
 use crate::transport::mono_ns;
 use crate::vstate::Vm;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use workloads::{Workload, WriteStream};
@@ -63,7 +64,8 @@ impl TscClock {
 
 pub struct Feeder {
     stop: Arc<AtomicBool>,
-    pub throttle: Arc<AtomicU8>,
+    /// Share of guest time taken away, in parts per million (throttle or dirty-rate limit).
+    pub throttle_ppm: Arc<AtomicU32>,
     handle: Option<JoinHandle<Vec<u64>>>,
 }
 
@@ -79,7 +81,7 @@ impl Feeder {
         record: bool,
     ) -> Feeder {
         let stop = Arc::new(AtomicBool::new(false));
-        let throttle = Arc::new(AtomicU8::new(0));
+        let throttle = Arc::new(AtomicU32::new(0));
         let (s2, t2) = (stop.clone(), throttle.clone());
         let mut stream = WriteStream::new(workload, seed);
         let handle = std::thread::Builder::new()
@@ -89,20 +91,20 @@ impl Feeder {
                 let mut pending: VecDeque<(u64, u64)> = VecDeque::new();
                 let mut produced = vm.sys.read_u64(CTRL_OFF + ctrl::PRODUCED);
                 let mut fed_ns = start_ns;
-                let (mut anchor_wall, mut anchor_guest, mut pct) = (start_ns, 0u64, 0u8);
+                let (mut anchor_wall, mut anchor_guest, mut ppm) = (start_ns, 0u64, 0u64);
                 while !s2.load(Ordering::Acquire) {
-                    let p = t2.load(Ordering::Acquire).min(99);
-                    if p != pct {
+                    let p = (t2.load(Ordering::Acquire) as u64).min(990_000);
+                    if p != ppm {
                         let now = mono_ns().max(anchor_wall);
-                        anchor_guest += (now - anchor_wall) * (100 - pct as u64) / 100;
+                        anchor_guest += (now - anchor_wall) * (1_000_000 - ppm) / 1_000_000;
                         anchor_wall = now;
-                        pct = p;
+                        ppm = p;
                     }
                     let horizon = mono_ns() + LOOKAHEAD_NS;
                     while fed_ns < horizon {
                         fed_ns += STEP_NS;
                         let g = anchor_guest
-                            + fed_ns.saturating_sub(anchor_wall) * (100 - pct as u64) / 100;
+                            + fed_ns.saturating_sub(anchor_wall) * (1_000_000 - ppm) / 1_000_000;
                         let dl = clock.tsc_at(fed_ns);
                         stream.advance_to(g, |page| {
                             pending.push_back((dl, page));
@@ -137,7 +139,7 @@ impl Feeder {
             });
         Feeder {
             stop,
-            throttle,
+            throttle_ppm: throttle,
             handle: handle.ok(),
         }
     }

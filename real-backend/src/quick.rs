@@ -198,7 +198,7 @@ pub fn quick_migrate(ck: &Checked, opts: &RealOptions, dir: &Path) -> Result<Rea
     let report = RunReport {
         backend: "kvm".into(),
         scenario: sc.name.clone(),
-        policy: "quick".into(),
+        policy: sc.policy.label(),
         workload: sc.workload.kind_name().into(),
         seed: sc.seed,
         replicate: opts.replicate,
@@ -217,6 +217,9 @@ pub fn quick_migrate(ck: &Checked, opts: &RealOptions, dir: &Path) -> Result<Rea
         final_bytes: bytes,
         guest_writes,
         max_throttle_pct: 0,
+        kind: "quick".into(),
+        postcopy: None,
+        xbzrle_hits: 0,
     };
     Ok(RealRun {
         result: RunResult {

@@ -189,11 +189,7 @@ pub(crate) fn spawn_reader(s: &TcpStream) -> std::io::Result<FrameRx> {
 
 /// Wait for a frame of `want` kind from the destination; ERROR frames and link errors become
 /// the failure reason.
-pub(crate) fn expect(
-    rx: &FrameRx,
-    want: u8,
-    timeout: Duration,
-) -> Result<Vec<u8>, String> {
+pub(crate) fn expect(rx: &FrameRx, want: u8, timeout: Duration) -> Result<Vec<u8>, String> {
     match rx.recv_timeout(timeout) {
         Ok(Ok((k, p))) if k == want => Ok(p),
         Ok(Ok((kind::ERROR, p))) => Err(format!("destination: {}", String::from_utf8_lossy(&p))),
@@ -294,6 +290,7 @@ impl<'a> Driver<'a> {
             total_pages_sent: self.total_pages,
             round_bytes_sent: self.round_bytes,
             round_pages_sent: self.round_pages,
+            round_elapsed_ns: self.now().saturating_sub(self.round_start),
             remaining_pages: self.send.count(),
             dirty_pages: self.dirty.count(),
             last_round: self.last_round,
@@ -306,6 +303,7 @@ impl<'a> Driver<'a> {
                 }
             }),
             throttle_pct: self.throttle,
+            vcpus: 1 + self.others.len() as u32,
         }
     }
 
@@ -339,6 +337,16 @@ impl<'a> Driver<'a> {
         });
         if dur > 0 && self.round_bytes > 0 {
             self.last_bw = bw;
+        }
+    }
+
+    fn set_throttle_ppm(&mut self, ppm: u32) {
+        let ppm = ppm.min(990_000);
+        self.throttle = (ppm / 10_000) as u8;
+        self.max_throttle = self.max_throttle.max(self.throttle);
+        if let Some(f) = &self.feeder {
+            f.throttle_ppm
+                .store(ppm, std::sync::atomic::Ordering::Release);
         }
     }
 
@@ -432,14 +440,24 @@ impl<'a> Driver<'a> {
             Decision::Stop(r, why) => Outcome::Stop(r, why),
             Decision::Cancel(why) => Outcome::End(Status::Cancelled, why),
             Decision::Throttle(pct) => {
-                self.throttle = pct.min(99);
-                self.max_throttle = self.max_throttle.max(self.throttle);
-                if let Some(f) = &self.feeder {
-                    f.throttle
-                        .store(self.throttle, std::sync::atomic::Ordering::Release);
-                }
+                self.set_throttle_ppm(pct.min(99) as u32 * 10_000);
                 return self.apply(Decision::Continue, round_end);
             }
+            Decision::LimitDirtyRate(pps) => {
+                // As the simulator: the cap slows guest time by the ratio to the nominal rate.
+                let nominal = self.ck.workload.nominal_rate_pps();
+                let ppm = if nominal > pps && nominal > 0.0 {
+                    ((1.0 - pps / nominal) * 1e6) as u32
+                } else {
+                    0
+                };
+                self.set_throttle_ppm(ppm);
+                return self.apply(Decision::Continue, round_end);
+            }
+            Decision::PostCopy(why) => Outcome::Stop(
+                StopReason::Forced,
+                format!("{why}; post-copy is not implemented by the kvm backend, so stop-and-copy"),
+            ),
             Decision::Continue if !round_end => Outcome::Running,
             Decision::Continue | Decision::Sync => {
                 if self.round + 1 >= MAX_ROUNDS {
@@ -600,11 +618,21 @@ pub(crate) fn check_write_sequence(vm: &Vm, writes: &[u64], n: u64) -> Result<()
     for (k, &p) in writes[..n as usize].iter().enumerate() {
         last.insert(p, k as u64 + 1);
     }
+    let mut bad: Vec<(u64, u64, u64)> = Vec::new();
     for (&p, &k) in &last {
         let got = vm.ram.read_u64(p * PAGE);
         if got != k {
-            return Err(format!("page {p} holds write #{got}, expected #{k}"));
+            bad.push((k, p, got));
         }
+    }
+    bad.sort();
+    if let Some(&(k, p, got)) = bad.first() {
+        return Err(format!(
+            "{} of {} written pages differ (of {n} writes); first: page {p} holds write #{got}, expected #{k}; expected writes {:?}",
+            bad.len(),
+            last.len(),
+            bad.iter().map(|b| b.0).take(20).collect::<Vec<_>>()
+        ));
     }
     Ok(())
 }
@@ -678,7 +706,7 @@ pub(crate) fn build_source(
 pub fn migrate(ck: &Checked, opts: &RealOptions) -> Result<RealRun, RealError> {
     let sc = &ck.scenario;
     let (vm, v0, others, clock) = build_source(ck, opts, true)?;
-    let policy = sc.policy.build();
+    let policy = sc.policy.build(sc.vm.vcpus.max(1));
     let (precopy_bps, final_bps) = link_rates(ck, policy.as_ref());
     let one_way_ns = (sc.link.rtt_ms * 1e6 / 2.0).round() as u64;
     let cpu = v0.spawn().map_err(SourceError::from)?;
@@ -791,7 +819,7 @@ fn base_report(d: &Driver<'_>, status: Status, reason: String, total: u64) -> Ru
     RunReport {
         backend: "kvm".into(),
         scenario: sc.name.clone(),
-        policy: sc.policy.name().into(),
+        policy: sc.policy.label(),
         workload: sc.workload.kind_name().into(),
         seed: sc.seed,
         replicate: d.opts.replicate,
@@ -810,6 +838,9 @@ fn base_report(d: &Driver<'_>, status: Status, reason: String, total: u64) -> Ru
         final_bytes: 0,
         guest_writes: d.vm.sys.read_u64(CTRL_OFF + ctrl::CONSUMED),
         max_throttle_pct: d.max_throttle,
+        kind: "live".into(),
+        postcopy: None,
+        xbzrle_hits: 0,
     }
 }
 
@@ -891,7 +922,24 @@ fn stop_and_copy(
         d.send.clear(d.ram_pages + CTRL_OFF / PAGE);
     }
     if d.opts.record_writes {
-        check_write_sequence(&d.vm, &writes_fed, guest_writes)
+        // The guest's r15 counts writes begun: the pause can land between `inc r15` and the
+        // page write (then the last write has not happened) or between the page write and the
+        // CONSUMED update (then CONSUMED trails by one). Exactly one of the two holds.
+        let begun = d
+            .cpu
+            .vcpu()
+            .and_then(|v| v.save())
+            .map_err(SourceError::from)?
+            .regs
+            .r15;
+        let done = match begun
+            .checked_sub(1)
+            .and_then(|i| writes_fed.get(i as usize))
+        {
+            Some(&p) if d.vm.ram.read_u64(p * PAGE) != begun => begun - 1,
+            _ => begun,
+        };
+        check_write_sequence(&d.vm, &writes_fed, done)
             .map_err(|e| SourceError::Integrity(format!("guest page writes: {e}")))?;
     }
     // Save the machine state.

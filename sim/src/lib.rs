@@ -11,11 +11,15 @@
 
 pub mod bitmap;
 pub mod engine;
+pub mod kinds;
 pub mod metrics;
 pub mod migration;
 pub mod policy;
 pub mod scenario;
 
+pub use kinds::simulate;
 pub use metrics::{RunReport, RunResult, Status};
-pub use migration::simulate;
+pub use migration::{oracle, Oracle};
 pub use scenario::{Checked, Scenario, ScenarioError};
+#[cfg(test)]
+mod tests;

@@ -89,6 +89,27 @@ pub struct RunReport {
     /// Page writes the guest performed during the migration.
     pub guest_writes: u64,
     pub max_throttle_pct: u8,
+    /// `live`, `quick`, `offline` or `storage`.
+    pub kind: String,
+    /// Present when the migration finished in post-copy.
+    pub postcopy: Option<PostcopyStats>,
+    /// Pages sent as XBZRLE deltas.
+    pub xbzrle_hits: u64,
+}
+
+/// The post-copy phase: from resume on the destination until the last page arrived.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PostcopyStats {
+    /// Pages still on the source at the switch.
+    pub missing_pages: u64,
+    /// Resume → last missing page received.
+    pub duration_ns: u64,
+    /// Guest accesses that had to fetch their page from the source.
+    pub faults: u64,
+    /// Pages pushed in the background.
+    pub pushed_pages: u64,
+    /// Time the guest spent stalled on faults (its degraded time).
+    pub stall_ns: u64,
 }
 
 impl RunReport {
@@ -153,6 +174,11 @@ pub const RUNS_HEADER: &[&str] = &[
     "final_bytes",
     "guest_writes",
     "max_throttle_pct",
+    "kind",
+    "postcopy_ns",
+    "postcopy_faults",
+    "postcopy_stall_ns",
+    "xbzrle_hits",
 ];
 
 pub const ROUNDS_HEADER: &[&str] = &[
@@ -227,6 +253,11 @@ pub fn run_row(run_id: usize, r: &RunReport) -> Vec<String> {
         r.final_bytes.to_string(),
         r.guest_writes.to_string(),
         r.max_throttle_pct.to_string(),
+        csv_field(&r.kind),
+        opt(r.postcopy.map(|p| p.duration_ns)),
+        opt(r.postcopy.map(|p| p.faults)),
+        opt(r.postcopy.map(|p| p.stall_ns)),
+        r.xbzrle_hits.to_string(),
     ]
 }
 
@@ -301,6 +332,15 @@ pub fn summary_json(r: &RunReport) -> serde_json::Value {
         "max_throttle_pct": r.max_throttle_pct,
         "mem_bytes": r.mem_bytes,
         "link_bps": r.link_bps,
+        "kind": r.kind,
+        "postcopy": r.postcopy.map(|p| serde_json::json!({
+            "missing_pages": p.missing_pages,
+            "duration_ms": ms(p.duration_ns),
+            "faults": p.faults,
+            "pushed_pages": p.pushed_pages,
+            "stall_ms": ms(p.stall_ns),
+        })),
+        "xbzrle_hits": r.xbzrle_hits,
     })
 }
 
@@ -311,8 +351,8 @@ pub fn render_summary(res: &RunResult) -> String {
     use std::fmt::Write as _;
     let _ = writeln!(
         s,
-        "scenario {}  backend {}  policy {}  workload {}  seed {}",
-        r.scenario, r.backend, r.policy, r.workload, r.seed
+        "scenario {}  backend {}  kind {}  policy {}  workload {}  seed {}",
+        r.scenario, r.backend, r.kind, r.policy, r.workload, r.seed
     );
     let _ = writeln!(s, "status     {} ({})", r.status.as_str(), r.reason);
     match r.downtime {
@@ -333,6 +373,20 @@ pub fn render_summary(res: &RunResult) -> String {
         }
     }
     let _ = writeln!(s, "total time {:.3} s", r.total_time_ns as f64 / 1e9);
+    if let Some(p) = r.postcopy {
+        let _ = writeln!(
+            s,
+            "post-copy  {:.3} s after resume: {} pages missing, {} faults, {} pushed; guest stalled {:.3} ms",
+            p.duration_ns as f64 / 1e9,
+            p.missing_pages,
+            p.faults,
+            p.pushed_pages,
+            ms(p.stall_ns)
+        );
+    }
+    if r.xbzrle_hits > 0 {
+        let _ = writeln!(s, "xbzrle     {} pages sent as deltas", r.xbzrle_hits);
+    }
     let _ = writeln!(
         s,
         "sent       {:.3} GiB in {} pages ({} zero, {} re-sent); {} pages in the blackout",

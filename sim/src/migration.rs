@@ -1,7 +1,7 @@
-//! Exact pre-copy live migration at page granularity.
+//! Exact live migration at page granularity: pre-copy, the stop-and-copy, and post-copy.
 //!
 //! The model (memory, link, dirty log) lives here; time and ordering come from
-//! [`crate::engine::EventQueue`]; the stop decision comes from a [`Policy`].
+//! [`crate::engine::EventQueue`]; every decision comes from a [`Policy`].
 //!
 //! Bookkeeping, as in QEMU and Xen: a *sync* moves the dirty log into the send set and clears
 //! the log. The sender walks the send set in address order (wrapping around after a mid-round
@@ -13,7 +13,7 @@
 
 use crate::bitmap::Bitmap;
 use crate::engine::{EventQueue, Nanos};
-use crate::metrics::{Downtime, RoundRecord, RunReport, RunResult, Status};
+use crate::metrics::{Downtime, PostcopyStats, RoundRecord, RunReport, RunResult, Status};
 use crate::policy::{Decision, Observation, Policy, RoundSummary, StopReason, Trigger};
 use crate::scenario::Checked;
 use workloads::{mix64, WriteStream};
@@ -32,6 +32,9 @@ const CHUNK_MAX_PAGES: u64 = 1 << 16;
 pub const MAX_ROUNDS: u32 = 100_000;
 /// Minimum time a sync takes, so a policy that keeps syncing an empty log still moves time on.
 const MIN_SYNC_NS: Nanos = 1_000;
+/// Guest-time step of the post-copy phase.
+const POSTCOPY_STEP_NS: Nanos = 1_000_000;
+const PPM: u64 = 1_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Event {
@@ -48,6 +51,10 @@ enum Outcome {
     Stopped {
         at: Nanos,
         reason: StopReason,
+        why: String,
+    },
+    PostCopy {
+        at: Nanos,
         why: String,
     },
     Ended {
@@ -84,6 +91,54 @@ pub fn initial_zero_pages(mem_pages: u64, fraction: f64, seed: u64) -> Bitmap {
     zero
 }
 
+/// QEMU's XBZRLE page cache: direct-mapped by page number.
+struct Xbzrle {
+    tags: Vec<u64>,
+    delta_wire: u64,
+    overflow_limit: u64,
+    seed: u64,
+    /// Becomes true at the first sync (QEMU starts XBZRLE after the first full pass).
+    active: bool,
+    hits: u64,
+}
+
+impl Xbzrle {
+    /// Wire bytes of sending non-zero page `p`, updating the cache. `last_stage` pages are not
+    /// inserted on a miss (QEMU skips the insert during the stop-and-copy).
+    fn cost(&mut self, p: u64, full_wire: u64, last_stage: bool, nth: u64) -> u64 {
+        if !self.active {
+            return full_wire;
+        }
+        let slot = (p % self.tags.len() as u64) as usize;
+        if self.tags[slot] == p {
+            if self.overflow_limit > 0 && mix64(self.seed ^ p, nth) < self.overflow_limit {
+                return full_wire;
+            }
+            self.hits += 1;
+            self.delta_wire
+        } else {
+            if !last_stage {
+                self.tags[slot] = p;
+            }
+            full_wire
+        }
+    }
+}
+
+/// Records, at every point where the sender could have stopped, what the blackout would have
+/// been: the hindsight oracle's candidates.
+#[derive(Clone, Debug, Default)]
+pub struct OracleProbe {
+    /// Candidates after this time are ignored (and the run ends there).
+    pub horizon_ns: Option<Nanos>,
+    /// Only candidates whose total time stays within this count.
+    pub max_total_ns: Option<Nanos>,
+    /// Only candidates whose total bytes stay within this count.
+    pub max_bytes: Option<u64>,
+    /// Best candidate: (downtime, stop time, round, total time, total bytes).
+    pub best: Option<(Nanos, Nanos, u32, Nanos, u64)>,
+}
+
 struct Sim<'a> {
     ck: &'a Checked,
     policy: Box<dyn Policy>,
@@ -101,12 +156,16 @@ struct Sim<'a> {
     dirty: Bitmap,
     zero: Bitmap,
     sent_once: Bitmap,
+    /// |send ∩ dirty| and |send ∩ zero|, kept so the size of send ∪ dirty is known at any time.
+    overlap: u64,
+    send_zero: u64,
     cursor: u64,
     stream: WriteStream,
     guest_writes: u64,
-    // throttle: guest time = anchor_guest + (wall - anchor_wall) * (100 - pct) / 100
-    throttle_pct: u8,
-    max_throttle: u8,
+    xbzrle: Option<Xbzrle>,
+    // guest time = anchor_guest + (wall - anchor_wall) * (1e6 - throttle_ppm) / 1e6
+    throttle_ppm: u64,
+    max_throttle_ppm: u64,
     anchor_wall: Nanos,
     anchor_guest: Nanos,
     // link pacing: the current paced segment started at `seg_start` and has carried `seg_bytes`
@@ -127,19 +186,33 @@ struct Sim<'a> {
     last_round: Option<RoundSummary>,
     last_bw: f64,
     rounds: Vec<RoundRecord>,
+    probe: Option<OracleProbe>,
 }
 
 impl<'a> Sim<'a> {
-    fn new(ck: &'a Checked, replicate: u32) -> Self {
+    fn new(ck: &'a Checked, replicate: u32, policy: Box<dyn Policy>) -> Self {
         let sc = &ck.scenario;
         let seed = run_seed(sc.seed, replicate);
-        let policy = sc.policy.build();
-        let link_bps = sc.link.bandwidth.0;
+        let mut link_bps = sc.link.bandwidth.0;
+        let mut page_wire = ck.page_size + sc.link.page_header_bytes;
+        if let Some(m) = &sc.transfer.multifd {
+            link_bps = link_bps.min(m.channels as f64 * m.channel_bandwidth.0);
+            page_wire += (m.packet_header_bytes * ck.page_size).div_ceil(m.packet.0);
+        }
         let precopy_bps = policy
             .max_bandwidth_bps()
             .map_or(link_bps, |m| m.min(link_bps));
-        let page_wire = ck.page_size + sc.link.page_header_bytes;
         let chunk_pages = ((CHUNK_TARGET_NS * precopy_bps / 8e9) / page_wire as f64).floor() as u64;
+        let xbzrle = sc.transfer.xbzrle.as_ref().map(|x| Xbzrle {
+            tags: vec![u64::MAX; (x.cache.0 / ck.page_size).max(1) as usize],
+            delta_wire: sc.link.page_header_bytes
+                + (x.delta_fraction * ck.page_size as f64).ceil() as u64,
+            overflow_limit: (x.overflow_fraction * u64::MAX as f64) as u64,
+            seed: mix64(seed, 0xB2),
+            active: false,
+            hits: 0,
+        });
+        let zero = initial_zero_pages(ck.mem_pages, sc.vm.zero_page_fraction, mix64(seed, 0x2E80));
         Sim {
             ck,
             policy,
@@ -153,13 +226,16 @@ impl<'a> Sim<'a> {
             chunk_pages: chunk_pages.clamp(1, CHUNK_MAX_PAGES),
             send: Bitmap::new(ck.mem_pages),
             dirty: Bitmap::new(ck.mem_pages),
-            zero: initial_zero_pages(ck.mem_pages, sc.vm.zero_page_fraction, mix64(seed, 0x2E80)),
+            zero,
             sent_once: Bitmap::new(ck.mem_pages),
+            overlap: 0,
+            send_zero: 0,
             cursor: 0,
             stream: WriteStream::new(&ck.workload, seed),
             guest_writes: 0,
-            throttle_pct: 0,
-            max_throttle: 0,
+            xbzrle,
+            throttle_ppm: 0,
+            max_throttle_ppm: 0,
             anchor_wall: 0,
             anchor_guest: 0,
             seg_start: 0,
@@ -176,23 +252,36 @@ impl<'a> Sim<'a> {
             round_pages: 0,
             round_zero: 0,
             last_round: None,
-            last_bw: link_bps.min(precopy_bps),
+            last_bw: precopy_bps,
             rounds: Vec::new(),
+            probe: None,
         }
     }
 
     fn guest_time(&self, wall: Nanos) -> Nanos {
         let dt = wall.saturating_sub(self.anchor_wall) as u128;
-        self.anchor_guest + (dt * (100 - self.throttle_pct as u128) / 100) as Nanos
+        self.anchor_guest + (dt * (PPM - self.throttle_ppm) as u128 / PPM as u128) as Nanos
     }
 
     /// Apply every guest write up to wall time `t`.
     fn apply_writes(&mut self, t: Nanos) {
         let g = self.guest_time(t);
-        let dirty = &mut self.dirty;
-        let zero = &mut self.zero;
-        let mut n = 0u64;
-        if zero.count() == 0 {
+        let (dirty, zero, send) = (&mut self.dirty, &mut self.zero, &self.send);
+        let (mut n, mut overlap, mut unzeroed) = (0u64, 0u64, 0u64);
+        if self.probe.is_some() {
+            // The oracle needs |send ∪ dirty| and |send ∩ zero| at every chunk: keep them exact.
+            // (No short-circuit `&&` around the mutating calls: both must always run, and the
+            // release build of rustc 1.95 was seen to drop the count update of `set` in
+            // `if dirty.set(p) && send.get(p)`.)
+            self.stream.advance_to(g, |p| {
+                let newly_dirty = dirty.set(p);
+                let newly_nonzero = zero.clear(p);
+                let in_send = send.get(p) as u64;
+                overlap += newly_dirty as u64 & in_send;
+                unzeroed += newly_nonzero as u64 & in_send;
+                n += 1;
+            });
+        } else if zero.count() == 0 {
             self.stream.advance_to(g, |p| {
                 dirty.set(p);
                 n += 1;
@@ -204,15 +293,21 @@ impl<'a> Sim<'a> {
                 n += 1;
             });
         }
+        self.overlap += overlap;
+        self.send_zero -= unzeroed;
         self.guest_writes += n;
     }
 
-    fn set_throttle(&mut self, t: Nanos, pct: u8) {
-        let pct = pct.min(99);
+    fn set_throttle_ppm(&mut self, t: Nanos, ppm: u64) {
+        let ppm = ppm.min(990_000);
         self.anchor_guest = self.guest_time(t);
         self.anchor_wall = t;
-        self.throttle_pct = pct;
-        self.max_throttle = self.max_throttle.max(pct);
+        self.throttle_ppm = ppm;
+        self.max_throttle_ppm = self.max_throttle_ppm.max(ppm);
+    }
+
+    fn throttle_pct(&self) -> u8 {
+        ((self.throttle_ppm + 5_000) / 10_000) as u8
     }
 
     fn sync_cost(&self, dirty_pages: u64) -> Nanos {
@@ -225,6 +320,13 @@ impl<'a> Sim<'a> {
     }
 
     fn observe(&self, trigger: Trigger, t: Nanos) -> Observation {
+        // Bytes of the chunk in flight that have not left yet do not count as sent.
+        let in_flight = if self.link_busy_until > t {
+            (((self.link_busy_until - t) as f64 * self.precopy_bps / 8e9) as u64)
+                .min(self.round_bytes)
+        } else {
+            0
+        };
         Observation {
             trigger,
             elapsed_ns: t,
@@ -232,10 +334,11 @@ impl<'a> Sim<'a> {
             mem_bytes: self.ck.mem_bytes(),
             page_size: self.ck.page_size,
             page_wire_bytes: self.page_wire,
-            total_bytes_sent: self.total_bytes,
+            total_bytes_sent: self.total_bytes - in_flight,
             total_pages_sent: self.total_pages,
-            round_bytes_sent: self.round_bytes,
+            round_bytes_sent: self.round_bytes - in_flight,
             round_pages_sent: self.round_pages,
+            round_elapsed_ns: t.saturating_sub(self.round_start),
             remaining_pages: self.send.count(),
             dirty_pages: self.dirty.count(),
             last_round: self.last_round,
@@ -247,7 +350,8 @@ impl<'a> Sim<'a> {
                     r.pages_dirtied as f64 * 1e9 / r.duration_ns as f64
                 }
             }),
-            throttle_pct: self.throttle_pct,
+            throttle_pct: self.throttle_pct(),
+            vcpus: self.ck.scenario.vm.vcpus,
         }
     }
 
@@ -270,8 +374,8 @@ impl<'a> Sim<'a> {
             bytes_sent: self.round_bytes,
             pages_dirtied: dirtied,
             bandwidth_bps: bw,
-            est_downtime_ns: transfer_ns((self.send.count() + dirtied) * self.page_wire, est_bw),
-            throttle_pct: self.throttle_pct,
+            est_downtime_ns: transfer_ns(self.pending_pages() * self.page_wire, est_bw),
+            throttle_pct: self.throttle_pct(),
         });
         self.last_round = Some(RoundSummary {
             round: self.round,
@@ -285,13 +389,37 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// |send ∪ dirty|: what a stop now would have to send. Kept incrementally when the oracle
+    /// watches; otherwise counted from the bitmaps.
+    fn pending_pages(&self) -> u64 {
+        if self.probe.is_some() {
+            self.send.count() + self.dirty.count() - self.overlap
+        } else {
+            self.send
+                .words()
+                .iter()
+                .zip(self.dirty.words())
+                .map(|(a, b)| (a | b).count_ones() as u64)
+                .sum()
+        }
+    }
+
+    /// Move the dirty log into the send set.
+    fn merge_dirty(&mut self) {
+        self.send.or_with(&self.dirty);
+        self.dirty.clear_all();
+        self.overlap = 0;
+    }
+
     /// Harvest the dirty log into the send set at `t`; returns the sync's cost.
     fn sync(&mut self, t: Nanos) -> Nanos {
         self.apply_writes(t);
         self.close_round(t);
         let cost = self.sync_cost(self.dirty.count()).max(MIN_SYNC_NS);
-        self.send.or_with(&self.dirty);
-        self.dirty.clear_all();
+        self.merge_dirty();
+        if let Some(x) = &mut self.xbzrle {
+            x.active = true;
+        }
         self.round += 1;
         self.round_start = t;
         self.round_bytes = 0;
@@ -303,11 +431,10 @@ impl<'a> Sim<'a> {
 
     /// Take up to `max` pages from the send set, scanning from the cursor (wrapping), and
     /// account them. Returns (pages, zero pages, wire bytes).
-    fn take_pages(&mut self, max: u64) -> (u64, u64, u64) {
+    fn take_pages(&mut self, max: u64, last_stage: bool) -> (u64, u64, u64) {
         let words = self.mem_pages.div_ceil(64) as usize;
-        let mut taken = 0u64;
-        let mut zeros = 0u64;
-        let mut resent = 0u64;
+        let per_page = self.xbzrle.as_ref().is_some_and(|x| x.active);
+        let (mut taken, mut zeros, mut resent, mut bytes) = (0u64, 0u64, 0u64, 0u64);
         let mut wi = (self.cursor / 64) as usize;
         let mut first_mask = !0u64 << (self.cursor % 64);
         let mut scanned = 0usize;
@@ -329,9 +456,31 @@ impl<'a> Sim<'a> {
                     pick = m;
                 }
                 let n = pick.count_ones() as u64;
+                let zw = pick & self.zero.word(wi);
+                let z = zw.count_ones() as u64;
                 taken += n;
-                zeros += (pick & self.zero.word(wi)).count_ones() as u64;
+                zeros += z;
                 resent += (pick & self.sent_once.word(wi)).count_ones() as u64;
+                if self.probe.is_some() {
+                    self.overlap -= (pick & self.dirty.word(wi)).count_ones() as u64;
+                    self.send_zero -= z;
+                }
+                if per_page {
+                    let mut rest = pick & !zw;
+                    let nth = self.total_pages + taken;
+                    while rest != 0 {
+                        let p = wi as u64 * 64 + rest.trailing_zeros() as u64;
+                        rest &= rest - 1;
+                        let full = self.page_wire;
+                        bytes += self
+                            .xbzrle
+                            .as_mut()
+                            .map_or(full, |x| x.cost(p, full, last_stage, nth));
+                    }
+                } else {
+                    bytes += (n - z) * self.page_wire;
+                }
+                bytes += z * self.zero_wire;
                 let so = self.sent_once.word(wi);
                 self.sent_once.set_word(wi, so | pick);
                 let sw = self.send.word(wi);
@@ -350,7 +499,6 @@ impl<'a> Sim<'a> {
             }
             self.cursor = (wi as u64 * 64) % self.mem_pages.max(1);
         }
-        let bytes = (taken - zeros) * self.page_wire + zeros * self.zero_wire;
         self.resent += resent;
         (taken, zeros, bytes)
     }
@@ -364,6 +512,48 @@ impl<'a> Sim<'a> {
         self.round_zero += zeros;
     }
 
+    fn fixed_costs(&self) -> (Nanos, Nanos, Nanos) {
+        let sw = &self.ck.scenario.switchover;
+        (
+            (sw.pause_ms * 1e6).round() as Nanos,
+            transfer_ns(sw.state.0, self.link_bps),
+            (sw.resume_ms * 1e6).round() as Nanos,
+        )
+    }
+
+    /// Offer the hindsight oracle the option of stopping at `t`.
+    fn probe(&mut self, t: Nanos) {
+        let Some(pr) = &self.probe else { return };
+        if pr.horizon_ns.is_some_and(|h| t > h) {
+            return;
+        }
+        let (pause, state, resume) = self.fixed_costs();
+        let union = self.pending_pages();
+        let zeros = self.send_zero.min(union);
+        let bytes = (union - zeros) * self.page_wire + zeros * self.zero_wire;
+        let sync = self.sync_cost(self.dirty.count());
+        let start = t + pause + sync;
+        let wait = self.link_busy_until.saturating_sub(start);
+        let dt = pause
+            + sync
+            + wait
+            + transfer_ns(bytes, self.link_bps)
+            + self.one_way_ns
+            + state
+            + resume;
+        let total_t = t + dt;
+        let total_b = self.total_bytes + bytes;
+        let round = self.round;
+        let pr = self.probe.as_mut().expect("checked above");
+        if pr.max_total_ns.is_some_and(|m| total_t > m) || pr.max_bytes.is_some_and(|m| total_b > m)
+        {
+            return;
+        }
+        if pr.best.is_none_or(|b| dt < b.0) {
+            pr.best = Some((dt, t, round, total_t, total_b));
+        }
+    }
+
     /// Put the next chunk on the link at `t`, or end the round if the send set is empty.
     fn on_send(&mut self, t: Nanos) -> Outcome {
         if t < self.sender_ready_at {
@@ -371,12 +561,13 @@ impl<'a> Sim<'a> {
             return Outcome::Running;
         }
         self.apply_writes(t);
+        self.probe(t);
         if self.send.count() == 0 {
             let obs = self.observe(Trigger::RoundEnd, t);
             let d = self.policy.decide(&obs);
             return self.apply(d, t, true);
         }
-        let (pages, zeros, bytes) = self.take_pages(self.chunk_pages);
+        let (pages, zeros, bytes) = self.take_pages(self.chunk_pages, false);
         self.account(pages, zeros, bytes);
         if t > self.seg_start + transfer_ns(self.seg_bytes, self.precopy_bps) {
             // the link went idle (sync, policy pause): start a new paced segment
@@ -406,13 +597,24 @@ impl<'a> Sim<'a> {
     fn apply(&mut self, d: Decision, t: Nanos, round_end: bool) -> Outcome {
         match d {
             Decision::Stop(reason, why) => Outcome::Stopped { at: t, reason, why },
+            Decision::PostCopy(why) => Outcome::PostCopy { at: t, why },
             Decision::Cancel(why) => Outcome::Ended {
                 at: t,
                 status: Status::Cancelled,
                 why,
             },
             Decision::Throttle(pct) => {
-                self.set_throttle(t, pct);
+                self.set_throttle_ppm(t, pct as u64 * 10_000);
+                self.apply(Decision::Continue, t, round_end)
+            }
+            Decision::LimitDirtyRate(pps) => {
+                let nominal = self.ck.workload.nominal_rate_pps();
+                let ppm = if nominal > pps && nominal > 0.0 {
+                    ((1.0 - pps / nominal) * PPM as f64) as u64
+                } else {
+                    0
+                };
+                self.set_throttle_ppm(t, ppm);
                 self.apply(Decision::Continue, t, round_end)
             }
             Decision::Continue if !round_end => Outcome::Running,
@@ -443,44 +645,124 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Pause at `t` and copy the rest. Returns the blackout breakdown and the end time.
-    fn stop_and_copy(&mut self, t: Nanos) -> (Downtime, Nanos, u64, u64) {
-        let sc = &self.ck.scenario;
+    /// Pause at `t`: final harvest into the send set. Returns (pause, final sync) durations.
+    fn pause(&mut self, t: Nanos) -> (Nanos, Nanos) {
         self.apply_writes(t);
-        let pause_ns = (sc.switchover.pause_ms * 1e6).round() as Nanos;
+        let (pause_ns, _, _) = self.fixed_costs();
         let sync_ns = self.sync_cost(self.dirty.count());
         // A round that sent nothing (the policy stopped right after a sync) is not a round.
         if self.round_pages > 0 {
             self.close_round(t);
         }
-        self.send.or_with(&self.dirty);
-        self.dirty.clear_all();
+        self.merge_dirty();
+        (pause_ns, sync_ns)
+    }
+
+    /// Pause at `t` and copy the rest. Returns the blackout breakdown, end time, pages, bytes.
+    fn stop_and_copy(&mut self, t: Nanos) -> (Downtime, Nanos, u64, u64) {
+        let (pause_ns, sync_ns) = self.pause(t);
+        let (_, state_ns, resume_ns) = self.fixed_costs();
         let start = t + pause_ns + sync_ns;
         let wait = self.link_busy_until.saturating_sub(start);
-        let (pages, zeros, bytes) = self.take_pages(u64::MAX);
+        let (pages, zeros, bytes) = self.take_pages(u64::MAX, true);
         self.total_pages += pages;
         self.total_bytes += bytes;
         self.zero_sent += zeros;
-        let transfer = wait + transfer_ns(bytes, self.link_bps) + self.one_way_ns;
         let d = Downtime {
             pause_ns,
             final_sync_ns: sync_ns,
-            transfer_ns: transfer,
-            state_ns: transfer_ns(sc.switchover.state.0, self.link_bps),
-            resume_ns: (sc.switchover.resume_ms * 1e6).round() as Nanos,
+            transfer_ns: wait + transfer_ns(bytes, self.link_bps) + self.one_way_ns,
+            state_ns,
+            resume_ns,
         };
         (d, t + d.total_ns(), pages, bytes)
     }
 
-    fn run(mut self, replicate: u32) -> RunResult {
+    /// Switch to post-copy at `t`: pause, send state and the bitmap of missing pages, resume on
+    /// the destination; then push the missing pages in the background while the guest's writes
+    /// to missing pages fault them in (one round trip plus the page each, the vCPU stalled).
+    fn post_copy(&mut self, t: Nanos, max_time: Nanos) -> (Downtime, Nanos, PostcopyStats) {
+        let guest_at_pause = {
+            self.apply_writes(t);
+            self.guest_time(t)
+        };
+        let (pause_ns, sync_ns) = self.pause(t);
+        let (_, state_ns, resume_ns) = self.fixed_costs();
+        let start = t + pause_ns + sync_ns;
+        let wait = self.link_busy_until.saturating_sub(start);
+        let bitmap_bytes = self.mem_pages.div_ceil(8);
+        let d = Downtime {
+            pause_ns,
+            final_sync_ns: sync_ns,
+            transfer_ns: wait + transfer_ns(bitmap_bytes, self.link_bps) + self.one_way_ns,
+            state_ns,
+            resume_ns,
+        };
+        let resume_at = t + d.total_ns();
+        // The guest runs unthrottled on the destination from `resume_at`.
+        self.throttle_ppm = 0;
+        let mut stats = PostcopyStats {
+            missing_pages: self.send.count(),
+            ..Default::default()
+        };
+        let fault_ns = 2 * self.one_way_ns + transfer_ns(self.page_wire, self.link_bps);
+        let page_ns = transfer_ns(self.page_wire, self.link_bps).max(1);
+        let mut wall = resume_at;
+        let mut guest = guest_at_pause;
+        let mut writes = Vec::new();
+        while self.send.count() > 0 && wall < max_time {
+            writes.clear();
+            self.stream
+                .advance_to(guest + POSTCOPY_STEP_NS, |p| writes.push(p));
+            self.guest_writes += writes.len() as u64;
+            let mut stall = 0;
+            let mut faulted = 0u64;
+            for &p in &writes {
+                if self.send.clear(p) {
+                    faulted += 1;
+                    stall += fault_ns;
+                }
+            }
+            stats.faults += faulted;
+            stats.stall_ns += stall;
+            self.total_pages += faulted;
+            self.total_bytes += faulted * self.page_wire;
+            let step = POSTCOPY_STEP_NS + stall;
+            // The background push gets the link time the faults did not use.
+            let push_ns = step.saturating_sub(faulted * page_ns);
+            let budget = push_ns / page_ns;
+            let before = self.send.count();
+            let (pages, zeros, bytes) = self.take_pages(budget.max(1), true);
+            self.total_pages += pages;
+            self.total_bytes += bytes;
+            self.zero_sent += zeros;
+            stats.pushed_pages += pages;
+            if pages >= before || self.send.count() == 0 {
+                wall += faulted * page_ns
+                    + transfer_ns(bytes, self.link_bps).min(push_ns)
+                    + self.one_way_ns;
+                break;
+            }
+            wall += step;
+            guest += POSTCOPY_STEP_NS;
+        }
+        stats.duration_ns = wall.saturating_sub(resume_at);
+        (d, wall, stats)
+    }
+
+    fn run(&mut self, replicate: u32) -> RunResult {
         let sc = &self.ck.scenario;
         let setup = 2 * self.one_way_ns;
-        let max_time = (sc.limits.max_time_s * 1e9).round() as Nanos;
+        let mut max_time = (sc.limits.max_time_s * 1e9).round() as Nanos;
+        if let Some(h) = self.probe.as_ref().and_then(|p| p.horizon_ns) {
+            max_time = max_time.min(h.max(setup + 1));
+        }
         // Dirty logging starts now; round 0 sends every page.
         self.send = Bitmap::full(self.mem_pages);
+        self.send_zero = self.zero.count();
         self.round_start = setup;
-        self.anchor_wall = 0;
         self.q.schedule(max_time, Event::Timeout);
+        self.probe(setup);
         let first = self.policy.decide(&self.observe(Trigger::Start, setup));
         let mut outcome = match first {
             Decision::Stop(reason, why) => Outcome::Stopped {
@@ -494,7 +776,7 @@ impl<'a> Sim<'a> {
                 why,
             },
             Decision::Throttle(p) => {
-                self.set_throttle(setup, p);
+                self.set_throttle_ppm(setup, p as u64 * 10_000);
                 Outcome::Running
             }
             _ => Outcome::Running,
@@ -525,6 +807,7 @@ impl<'a> Sim<'a> {
                 Event::Tick => self.on_tick(t, tick.unwrap_or(1)),
             };
         }
+        let mut postcopy = None;
         let (status, reason, total, downtime, final_pages, final_bytes) = match outcome {
             Outcome::Stopped { at, reason, why } => {
                 let (d, end, fp, fb) = self.stop_and_copy(at);
@@ -534,6 +817,11 @@ impl<'a> Sim<'a> {
                     Status::Forced
                 };
                 (st, why, end, Some(d), fp, fb)
+            }
+            Outcome::PostCopy { at, why } => {
+                let (d, end, stats) = self.post_copy(at, max_time.max(at + 1) + 3_600_000_000_000);
+                postcopy = Some(stats);
+                (Status::Converged, why, end, Some(d), 0, 0)
             }
             Outcome::Ended { at, status, why } => {
                 self.apply_writes(at);
@@ -547,14 +835,14 @@ impl<'a> Sim<'a> {
         let report = RunReport {
             backend: "sim".into(),
             scenario: sc.name.clone(),
-            policy: sc.policy.name().into(),
+            policy: sc.policy.label(),
             workload: sc.workload.kind_name().into(),
             seed: sc.seed,
             replicate,
             status,
             reason,
             mem_bytes: self.ck.mem_bytes(),
-            link_bps: self.link_bps,
+            link_bps: sc.link.bandwidth.0,
             total_time_ns: total,
             downtime,
             rounds: self.rounds.len() as u32,
@@ -565,17 +853,74 @@ impl<'a> Sim<'a> {
             final_pages,
             final_bytes,
             guest_writes: self.guest_writes,
-            max_throttle_pct: self.max_throttle,
+            max_throttle_pct: ((self.max_throttle_ppm + 5_000) / 10_000) as u8,
+            kind: "live".into(),
+            postcopy,
+            xbzrle_hits: self.xbzrle.as_ref().map_or(0, |x| x.hits),
         };
         RunResult {
             report,
-            rounds: self.rounds,
+            rounds: std::mem::take(&mut self.rounds),
         }
     }
 }
 
-/// Simulate one pre-copy migration of a checked scenario (replicate 0 uses the scenario's seed
-/// as given; later replicates derive their own).
-pub fn simulate(ck: &Checked, replicate: u32) -> RunResult {
-    Sim::new(ck, replicate).run(replicate)
+/// Simulate one live migration of a checked scenario under its own policy.
+pub fn simulate_live(ck: &Checked, replicate: u32) -> RunResult {
+    let policy = ck.scenario.policy.build(ck.scenario.vm.vcpus);
+    Sim::new(ck, replicate, policy).run(replicate)
+}
+
+/// A policy that never stops: pre-copy iterates (syncing when a round is drained) until the
+/// horizon. The oracle watches it.
+struct NeverStop;
+
+impl Policy for NeverStop {
+    fn name(&self) -> &'static str {
+        "oracle"
+    }
+    fn decide(&mut self, _obs: &Observation) -> Decision {
+        Decision::Continue
+    }
+}
+
+/// The hindsight oracle's answer for one write trace.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Oracle {
+    /// The smallest achievable blackout.
+    pub downtime_ns: Nanos,
+    /// When to pause to get it, and in which iteration that falls.
+    pub stop_at_ns: Nanos,
+    pub round: u32,
+    pub total_time_ns: Nanos,
+    pub bytes_sent: u64,
+}
+
+/// Hindsight oracle: replay the scenario's exact write trace under continuous pre-copy (no
+/// throttling) and find the pause time, among every chunk boundary up to `horizon_ns`, that
+/// minimises the blackout, optionally subject to caps on total time or bytes.
+pub fn oracle(
+    ck: &Checked,
+    replicate: u32,
+    horizon_ns: Nanos,
+    max_total_ns: Option<Nanos>,
+    max_bytes: Option<u64>,
+) -> Option<Oracle> {
+    let mut sim = Sim::new(ck, replicate, Box::new(NeverStop));
+    sim.probe = Some(OracleProbe {
+        horizon_ns: Some(horizon_ns),
+        max_total_ns,
+        max_bytes,
+        best: None,
+    });
+    sim.run(replicate);
+    let (downtime_ns, stop_at_ns, round, total_time_ns, bytes_sent) =
+        sim.probe.and_then(|p| p.best)?;
+    Some(Oracle {
+        downtime_ns,
+        stop_at_ns,
+        round,
+        total_time_ns,
+        bytes_sent,
+    })
 }

@@ -26,6 +26,163 @@ pub struct Scenario {
     pub policy: PolicySpec,
     #[serde(default)]
     pub limits: LimitsSpec,
+    #[serde(default, skip_serializing_if = "TransferSpec::is_plain")]
+    pub transfer: TransferSpec,
+    #[serde(default, skip_serializing_if = "MigrationSpec::is_live")]
+    pub migration: MigrationSpec,
+}
+
+/// Data-reduction and parallel-transfer options (QEMU capabilities), usable with any policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xbzrle: Option<XbzrleSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multifd: Option<MultifdSpec>,
+}
+
+impl TransferSpec {
+    pub fn is_plain(&self) -> bool {
+        self.xbzrle.is_none() && self.multifd.is_none()
+    }
+}
+
+/// QEMU XBZRLE: a cache of previously sent pages; a re-sent page whose old copy is cached goes
+/// out as a run-length-encoded XOR delta. Used from the second iteration on (QEMU starts it
+/// after the first full pass). Misses, and deltas that overflow, send the full page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XbzrleSpec {
+    /// Cache size (QEMU default 64 MiB).
+    #[serde(default = "xbzrle_cache")]
+    pub cache: ByteSize,
+    /// Encoded delta size as a fraction of a page: a property of the workload (how much of a
+    /// page a write changes). Unverified default 0.1.
+    #[serde(default = "xbzrle_delta")]
+    pub delta_fraction: f64,
+    /// Fraction of cache hits whose delta overflows the page and is sent in full.
+    #[serde(default)]
+    pub overflow_fraction: f64,
+}
+
+fn xbzrle_cache() -> ByteSize {
+    ByteSize(64 * MIB)
+}
+fn xbzrle_delta() -> f64 {
+    0.1
+}
+
+/// QEMU multifd: pages travel over several channels in packets of `packet` bytes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultifdSpec {
+    /// Channels (QEMU default 2).
+    #[serde(default = "two")]
+    pub channels: u32,
+    /// Most one channel can carry (its sending thread's limit). Unverified default 10 Gbit/s.
+    #[serde(default = "channel_bw")]
+    pub channel_bandwidth: Bandwidth,
+    /// Packet payload (QEMU: 512 KiB).
+    #[serde(default = "packet")]
+    pub packet: ByteSize,
+    /// Header bytes per packet (QEMU's packet header plus per-page offsets are of this order).
+    #[serde(default = "packet_header")]
+    pub packet_header_bytes: u64,
+}
+
+fn two() -> u32 {
+    2
+}
+fn channel_bw() -> Bandwidth {
+    Bandwidth(1e10)
+}
+fn packet() -> ByteSize {
+    ByteSize(512 * KIB)
+}
+fn packet_header() -> u64 {
+    1104
+}
+
+/// What kind of move this is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MigrationSpec {
+    /// Live migration: pre-copy under the policy (which may also switch to post-copy).
+    #[default]
+    Live,
+    /// Quick Migration: save the running state to shared storage, fail over, restore.
+    Quick(QuickSpec),
+    /// Offline: the VM is shut down, its configuration (and optionally its disk) moved, booted.
+    Offline(OfflineSpec),
+    /// Quick Storage Migration: the disk is copied while the VM runs (block-level dirty
+    /// tracking), then a quick save/restore of memory completes the move.
+    Storage(StorageSpec),
+}
+
+impl MigrationSpec {
+    pub fn is_live(&self) -> bool {
+        matches!(self, MigrationSpec::Live)
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            MigrationSpec::Live => "live",
+            MigrationSpec::Quick(_) => "quick",
+            MigrationSpec::Offline(_) => "offline",
+            MigrationSpec::Storage(_) => "storage",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuickSpec {
+    /// Write rate of the shared storage when saving memory.
+    pub storage_write: Bandwidth,
+    /// Read rate when restoring.
+    pub storage_read: Bandwidth,
+    /// Cluster failover of the storage and VM resource between save and restore.
+    #[serde(default)]
+    pub failover_ms: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineSpec {
+    #[serde(default)]
+    pub shutdown_ms: f64,
+    #[serde(default)]
+    pub boot_ms: f64,
+    /// Configuration sent over the link.
+    #[serde(default = "config_size")]
+    pub config: ByteSize,
+    /// Disk copied over the link while the VM is off (0 = shared storage).
+    #[serde(default)]
+    pub disk: ByteSize,
+}
+
+fn config_size() -> ByteSize {
+    ByteSize(64 * KIB)
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSpec {
+    pub disk: ByteSize,
+    /// Dirty-tracking granularity on the disk.
+    #[serde(default = "block")]
+    pub block: ByteSize,
+    /// Disk writes, in blocks per second (same models as `[workload]`).
+    pub disk_workload: WorkloadSpec,
+    /// The final save/restore of memory.
+    pub storage_write: Bandwidth,
+    pub storage_read: Bandwidth,
+    #[serde(default)]
+    pub failover_ms: f64,
+}
+
+fn block() -> ByteSize {
+    ByteSize(MIB)
 }
 
 fn default_name() -> String {
@@ -262,6 +419,8 @@ impl Scenario {
             dirty_log: DirtyLogSpec::default(),
             policy: PolicySpec::Qemu(crate::policy::QemuSpec::default()),
             limits: LimitsSpec::default(),
+            transfer: TransferSpec::default(),
+            migration: MigrationSpec::Live,
         }
     }
 
@@ -299,7 +458,7 @@ impl Scenario {
         let mem = self.vm.memory.0;
         if mem == 0 {
             errs.push(FieldError::new("vm.memory", "must be larger than zero"));
-        } else if page_ok && mem % page_size != 0 {
+        } else if page_ok && !mem.is_multiple_of(page_size) {
             errs.push(FieldError::new(
                 "vm.memory",
                 format!(
@@ -372,8 +531,10 @@ impl Scenario {
             ));
         }
         errs.extend(self.policy.check("policy"));
+        self.check_transfer(&mut errs);
+        self.check_migration(&mut errs);
         let mut workload = None;
-        if mem > 0 && page_ok && mem % page_size == 0 {
+        if mem > 0 && page_ok && mem.is_multiple_of(page_size) {
             match self.workload.check(mem / page_size, page_size, "workload") {
                 Ok(w) => {
                     let writes = max_rate(&w) * t;
@@ -398,6 +559,102 @@ impl Scenario {
                 scenario: self,
             }),
             _ => Err(errs),
+        }
+    }
+}
+
+fn positive_bw(b: Bandwidth, path: &str, errs: &mut Vec<FieldError>) {
+    if !b.0.is_finite() || b.0 <= 0.0 {
+        errs.push(FieldError::new(
+            path,
+            format!("must be a finite rate > 0, got {} bit/s", b.0),
+        ));
+    }
+}
+
+fn fraction(v: f64, path: &str, errs: &mut Vec<FieldError>) {
+    if !(0.0..=1.0).contains(&v) {
+        errs.push(FieldError::new(
+            path,
+            format!("must be between 0 and 1, got {v}"),
+        ));
+    }
+}
+
+impl Scenario {
+    fn check_transfer(&self, errs: &mut Vec<FieldError>) {
+        if let Some(x) = &self.transfer.xbzrle {
+            if x.cache.0 < self.vm.page_size.0.max(1) {
+                errs.push(FieldError::new(
+                    "transfer.xbzrle.cache",
+                    "must hold at least one page",
+                ));
+            }
+            fraction(x.delta_fraction, "transfer.xbzrle.delta_fraction", errs);
+            fraction(
+                x.overflow_fraction,
+                "transfer.xbzrle.overflow_fraction",
+                errs,
+            );
+        }
+        if let Some(m) = &self.transfer.multifd {
+            if m.channels == 0 || m.channels > 256 {
+                errs.push(FieldError::new(
+                    "transfer.multifd.channels",
+                    format!("must be between 1 and 256, got {}", m.channels),
+                ));
+            }
+            positive_bw(
+                m.channel_bandwidth,
+                "transfer.multifd.channel_bandwidth",
+                errs,
+            );
+            if m.packet.0 < self.vm.page_size.0.max(1) {
+                errs.push(FieldError::new(
+                    "transfer.multifd.packet",
+                    "must hold at least one page",
+                ));
+            }
+        }
+    }
+
+    fn check_migration(&self, errs: &mut Vec<FieldError>) {
+        match &self.migration {
+            MigrationSpec::Live => {}
+            MigrationSpec::Quick(q) => {
+                positive_bw(q.storage_write, "migration.storage_write", errs);
+                positive_bw(q.storage_read, "migration.storage_read", errs);
+                nonneg(q.failover_ms, "migration.failover_ms", "ms", errs);
+            }
+            MigrationSpec::Offline(o) => {
+                nonneg(o.shutdown_ms, "migration.shutdown_ms", "ms", errs);
+                nonneg(o.boot_ms, "migration.boot_ms", "ms", errs);
+            }
+            MigrationSpec::Storage(st) => {
+                positive_bw(st.storage_write, "migration.storage_write", errs);
+                positive_bw(st.storage_read, "migration.storage_read", errs);
+                nonneg(st.failover_ms, "migration.failover_ms", "ms", errs);
+                let b = st.block.0;
+                if b < 512 || !b.is_power_of_two() {
+                    errs.push(FieldError::new(
+                        "migration.block",
+                        format!("must be a power of two ≥ 512 B, got {}", st.block),
+                    ));
+                } else if st.disk.0 == 0 || st.disk.0 % b != 0 {
+                    errs.push(FieldError::new(
+                        "migration.disk",
+                        format!(
+                            "must be a non-zero multiple of the block size ({})",
+                            st.block
+                        ),
+                    ));
+                } else if let Err(e) =
+                    st.disk_workload
+                        .check(st.disk.0 / b, b, "migration.disk_workload")
+                {
+                    errs.extend(e);
+                }
+            }
         }
     }
 }

@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod bench;
+mod compare;
 pub mod output;
 mod real;
 mod run;
@@ -25,6 +27,10 @@ enum Command {
     Run(run::RunArgs),
     /// Print or validate scenario files.
     Scenario(scenario_cmd::ScenarioArgs),
+    /// Run several policies on the identical write trace and compare them with the oracle.
+    Compare(compare::CompareArgs),
+    /// Measure the simulator's speed on reference cases (prints a table).
+    Bench(bench::BenchArgs),
     /// Migrate a real KVM guest running the scenario's workload (live, or --quick).
     Real(real::RealArgs),
     /// The destination VMM process of `migsim real` (internal).
@@ -40,6 +46,8 @@ pub fn main() -> ExitCode {
     let res = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Scenario(a) => scenario_cmd::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Real(a) => real::run(a),
         Command::Dest(a) => real::dest(a),
     };

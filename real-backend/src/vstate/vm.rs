@@ -96,7 +96,12 @@ impl Vm {
             .map_err(kerr("KVM_SET_TSS_ADDR"))?;
         fd.create_irq_chip().map_err(kerr("KVM_CREATE_IRQCHIP"))?;
         let ram = GuestRegion::new(0, layout.ram_bytes, populate)?;
-        let sys = GuestRegion::new(layout.sys_base, SYS_BYTES, populate)?;
+        // The system region is always faulted in (written) up front. The VMM writes it while
+        // the guest runs (the script ring); if a page still mapped the shared zero page when
+        // the VMM first wrote it, the copy-on-write would have to reach KVM's mapping through
+        // an MMU notifier, and this host's nested KVM was seen to keep serving the guest the
+        // stale zero page (the guest then read empty script entries).
+        let sys = GuestRegion::new(layout.sys_base, SYS_BYTES, true)?;
         let flags = if dirty_log {
             KVM_MEM_LOG_DIRTY_PAGES
         } else {

@@ -9,9 +9,13 @@
 //!        ^ round ends, periodic ticks, right after a dirty-log sync
 //! ```
 
+mod adaptive;
+mod qemu;
 mod rules;
 
-pub use rules::{FixedPasses, Qemu, StopAndCopy, XenLegacy};
+pub use adaptive::Adaptive;
+pub use qemu::{DowntimeRamp, PostCopy, Qemu};
+pub use rules::{CloudHypervisor, FixedPasses, Sdps, SimGrid, StopAndCopy, XenLegacy, XenV2};
 
 use serde::{Deserialize, Serialize};
 use workloads::{ByteSize, FieldError};
@@ -58,6 +62,8 @@ pub struct Observation {
     /// Sent so far in the current iteration.
     pub round_bytes_sent: u64,
     pub round_pages_sent: u64,
+    /// Time since the current iteration's sync.
+    pub round_elapsed_ns: u64,
     /// Pages of the current iteration's send set not sent yet (QEMU's "pending estimate").
     pub remaining_pages: u64,
     /// Pages dirtied since the last sync, as a harvest now would report them.
@@ -70,6 +76,7 @@ pub struct Observation {
     pub dirty_rate_pps: f64,
     /// Current vCPU throttle (percent of CPU time taken away from the guest).
     pub throttle_pct: u8,
+    pub vcpus: u32,
 }
 
 impl Observation {
@@ -102,6 +109,11 @@ pub enum Decision {
     Stop(StopReason, String),
     /// Set the vCPU throttle to this percentage and keep going.
     Throttle(u8),
+    /// Cap the guest's page-write rate (all vCPUs together, pages/s) and keep going.
+    LimitDirtyRate(f64),
+    /// Stop the VM, move its vCPU state, resume it on the destination and fetch the remaining
+    /// pages on demand (post-copy). The string says why.
+    PostCopy(String),
     /// Give up: the VM stays on the source.
     Cancel(String),
 }
@@ -130,10 +142,30 @@ pub enum PolicySpec {
     StopAndCopy(StopAndCopySpec),
     /// Hyper-V 2008 R2 style: stop when clean, when the remainder is tiny, or after N passes.
     FixedPasses(FixedPassesSpec),
+    /// Hyper-V 2008 R2: 10 passes.
+    #[serde(rename = "hyperv-2008r2")]
+    Hyperv2008R2(HypervSpec),
+    /// Hyper-V 2012 R2 and later: 5 passes.
+    #[serde(rename = "hyperv-2012r2")]
+    Hyperv2012R2(HypervSpec),
     /// Xen's legacy `xc_domain_save` rule.
     XenLegacy(XenLegacySpec),
-    /// QEMU's downtime-limit rule.
+    /// Xen migration v2.
+    XenV2(XenV2Spec),
+    /// QEMU's downtime-limit rule (optionally with auto-converge or dirty-limit).
     Qemu(QemuSpec),
+    /// Cloud Hypervisor: downtime budget plus timeout.
+    CloudHypervisor(CloudHypervisorSpec),
+    /// VMware vMotion with Stun During Page Send.
+    VmwareSdps(SdpsSpec),
+    /// OpenStack Nova / KubeVirt stepped downtime limit with abort on stall.
+    DowntimeRamp(DowntimeRampSpec),
+    /// QEMU pre-copy that switches to post-copy.
+    Postcopy(PostCopySpec),
+    /// SimGrid's model: remainder < bandwidth × 30 ms.
+    Simgrid(SimGridSpec),
+    /// migsim's own: stop when another round cannot materially shrink the final set.
+    Adaptive(AdaptiveSpec),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -227,6 +259,43 @@ pub struct QemuSpec {
     /// Interval between pending checks (QEMU iterates at most 50 ms between checks).
     #[serde(default = "fifty_f")]
     pub check_ms: f64,
+    /// `auto-converge`: throttle the vCPUs when the guest dirties too fast.
+    #[serde(default)]
+    pub auto_converge: bool,
+    /// `cpu-throttle-initial` (20 %).
+    #[serde(default = "twenty")]
+    pub throttle_initial_pct: u8,
+    /// `cpu-throttle-increment` (10 %).
+    #[serde(default = "ten_u8")]
+    pub throttle_increment_pct: u8,
+    /// `max-cpu-throttle` (99 %).
+    #[serde(default = "ninety_nine")]
+    pub max_throttle_pct: u8,
+    /// `throttle-trigger-threshold`: dirtied bytes above this share of sent bytes count (50 %).
+    #[serde(default = "fifty_f")]
+    pub throttle_trigger_pct: f64,
+    /// `cpu-throttle-tailslow`: later steps aim at the ideal throttle, at most the increment.
+    #[serde(default)]
+    pub tailslow: bool,
+    /// `dirty-limit`: instead of throttling, cap each vCPU's dirty rate.
+    #[serde(default)]
+    pub dirty_limit: bool,
+    /// `vcpu-dirty-limit` in MB/s per vCPU (QEMU default 1).
+    #[serde(default = "one_f")]
+    pub vcpu_dirty_limit_mbps: f64,
+}
+
+fn twenty() -> u8 {
+    20
+}
+fn ten_u8() -> u8 {
+    10
+}
+fn ninety_nine() -> u8 {
+    99
+}
+fn one_f() -> f64 {
+    1.0
 }
 
 fn three_hundred() -> f64 {
@@ -246,7 +315,255 @@ impl Default for QemuSpec {
             max_bandwidth: None,
             window_ms: 100.0,
             check_ms: 50.0,
+            auto_converge: false,
+            throttle_initial_pct: 20,
+            throttle_increment_pct: 10,
+            max_throttle_pct: 99,
+            throttle_trigger_pct: 50.0,
+            tailslow: false,
+            dirty_limit: false,
+            vcpu_dirty_limit_mbps: 1.0,
         }
+    }
+}
+
+/// Hyper-V: a fixed number of copy passes; `passes` defaults by version (2008 R2: 10,
+/// 2012 R2: 5).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HypervSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passes: Option<u32>,
+    #[serde(default = "one_mib")]
+    pub stop_below: ByteSize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XenV2Spec {
+    /// Stop when fewer pages than this are dirty (50).
+    #[serde(default = "fifty")]
+    pub dirty_threshold: u64,
+    /// Stop after this many iterations (5).
+    #[serde(default = "five")]
+    pub max_iterations: u32,
+}
+
+fn five() -> u32 {
+    5
+}
+
+impl Default for XenV2Spec {
+    fn default() -> Self {
+        XenV2Spec {
+            dirty_threshold: 50,
+            max_iterations: 5,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutAction {
+    /// Cancel the migration; the VM stays on the source.
+    #[default]
+    Cancel,
+    /// Force the switchover whatever the downtime.
+    Ignore,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudHypervisorSpec {
+    /// Downtime budget (300 ms).
+    #[serde(default = "three_hundred")]
+    pub downtime_budget_ms: f64,
+    /// Give up or force after this long (3600 s).
+    #[serde(default = "hour")]
+    pub timeout_s: f64,
+    #[serde(default)]
+    pub on_timeout: TimeoutAction,
+}
+
+fn hour() -> f64 {
+    3600.0
+}
+
+impl Default for CloudHypervisorSpec {
+    fn default() -> Self {
+        CloudHypervisorSpec {
+            downtime_budget_ms: 300.0,
+            timeout_s: 3600.0,
+            on_timeout: TimeoutAction::Cancel,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SdpsSpec {
+    /// Switch over when the remainder can be sent within this long (unverified: 500 ms).
+    #[serde(default = "five_hundred")]
+    pub switchover_ms: f64,
+    /// Stall until the dirty rate is at most this share of the send rate (unverified: 0.8).
+    #[serde(default = "send_margin")]
+    pub send_margin: f64,
+}
+
+fn five_hundred() -> f64 {
+    500.0
+}
+fn send_margin() -> f64 {
+    0.8
+}
+
+impl Default for SdpsSpec {
+    fn default() -> Self {
+        SdpsSpec {
+            switchover_ms: 500.0,
+            send_margin: 0.8,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DowntimeRampSpec {
+    /// Final downtime limit (Nova `live_migration_downtime`: 500 ms).
+    #[serde(default = "five_hundred")]
+    pub downtime_ms: f64,
+    /// Number of steps (Nova: 10).
+    #[serde(default = "ten")]
+    pub steps: u32,
+    /// Seconds per GiB between steps (Nova: 75).
+    #[serde(default = "seventy_five")]
+    pub delay_s_per_gib: f64,
+    /// Abort when the migration takes longer than this per GiB (Nova: 800; 0 = never).
+    #[serde(default = "eight_hundred")]
+    pub completion_timeout_s_per_gib: f64,
+    /// Abort when the pending amount has not reached a new low for this long (Nova's former
+    /// progress timeout: 150 s; 0 = never).
+    #[serde(default = "one_fifty")]
+    pub progress_timeout_s: f64,
+}
+
+fn seventy_five() -> f64 {
+    75.0
+}
+fn eight_hundred() -> f64 {
+    800.0
+}
+fn one_fifty() -> f64 {
+    150.0
+}
+
+impl Default for DowntimeRampSpec {
+    fn default() -> Self {
+        DowntimeRampSpec {
+            downtime_ms: 500.0,
+            steps: 10,
+            delay_s_per_gib: 75.0,
+            completion_timeout_s_per_gib: 800.0,
+            progress_timeout_s: 150.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostCopySpec {
+    /// Pre-copy iterations before switching (default 1: one full pass).
+    #[serde(default = "one_u32")]
+    pub precopy_rounds: u32,
+    /// Converge normally if QEMU's downtime rule is met first.
+    #[serde(default = "three_hundred")]
+    pub downtime_limit_ms: f64,
+    /// Switch early when an iteration dirtied at least as much as it sent.
+    #[serde(default = "yes")]
+    pub switch_on_no_progress: bool,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for PostCopySpec {
+    fn default() -> Self {
+        PostCopySpec {
+            precopy_rounds: 1,
+            downtime_limit_ms: 300.0,
+            switch_on_no_progress: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimGridSpec {
+    /// SimGrid's fixed maximum downtime (30 ms).
+    #[serde(default = "thirty")]
+    pub max_downtime_ms: f64,
+    /// SimGrid caps the dirty bytes it models per round at this share of RAM (0.9).
+    #[serde(default = "point_nine")]
+    pub dirty_cap_fraction: f64,
+}
+
+fn thirty() -> f64 {
+    30.0
+}
+fn point_nine() -> f64 {
+    0.9
+}
+
+impl Default for SimGridSpec {
+    fn default() -> Self {
+        SimGridSpec {
+            max_downtime_ms: 30.0,
+            dirty_cap_fraction: 0.9,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveSpec {
+    /// Keep iterating only while a round is predicted to shrink the pending set by this share.
+    #[serde(default = "min_gain")]
+    pub min_gain: f64,
+    /// Hard cap on iterations.
+    #[serde(default = "thirty_u32")]
+    pub max_rounds: u32,
+    /// Stop as soon as the remainder fits this blackout budget (off by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_budget_ms: Option<f64>,
+}
+
+fn min_gain() -> f64 {
+    0.05
+}
+fn thirty_u32() -> u32 {
+    30
+}
+
+impl Default for AdaptiveSpec {
+    fn default() -> Self {
+        AdaptiveSpec {
+            min_gain: 0.05,
+            max_rounds: 30,
+            downtime_budget_ms: None,
+        }
+    }
+}
+
+fn nonneg(v: f64, path: String, unit: &str, errs: &mut Vec<FieldError>) {
+    if !v.is_finite() || v < 0.0 {
+        errs.push(FieldError::new(
+            path,
+            format!("must be a finite value ≥ 0 {unit}, got {v}"),
+        ));
     }
 }
 
@@ -265,8 +582,17 @@ impl PolicySpec {
         match self {
             PolicySpec::StopAndCopy(_) => "stop-and-copy",
             PolicySpec::FixedPasses(_) => "fixed-passes",
+            PolicySpec::Hyperv2008R2(_) => "hyperv-2008r2",
+            PolicySpec::Hyperv2012R2(_) => "hyperv-2012r2",
             PolicySpec::XenLegacy(_) => "xen-legacy",
+            PolicySpec::XenV2(_) => "xen-v2",
             PolicySpec::Qemu(_) => "qemu",
+            PolicySpec::CloudHypervisor(_) => "cloud-hypervisor",
+            PolicySpec::VmwareSdps(_) => "vmware-sdps",
+            PolicySpec::DowntimeRamp(_) => "downtime-ramp",
+            PolicySpec::Postcopy(_) => "postcopy",
+            PolicySpec::Simgrid(_) => "simgrid",
+            PolicySpec::Adaptive(_) => "adaptive",
         }
     }
 
@@ -275,14 +601,55 @@ impl PolicySpec {
         vec![
             PolicySpec::StopAndCopy(StopAndCopySpec::default()),
             PolicySpec::FixedPasses(FixedPassesSpec::default()),
+            PolicySpec::Hyperv2008R2(HypervSpec::default()),
+            PolicySpec::Hyperv2012R2(HypervSpec::default()),
             PolicySpec::XenLegacy(XenLegacySpec::default()),
+            PolicySpec::XenV2(XenV2Spec::default()),
             PolicySpec::Qemu(QemuSpec::default()),
+            PolicySpec::Qemu(QemuSpec {
+                auto_converge: true,
+                ..QemuSpec::default()
+            }),
+            PolicySpec::CloudHypervisor(CloudHypervisorSpec::default()),
+            PolicySpec::VmwareSdps(SdpsSpec::default()),
+            PolicySpec::DowntimeRamp(DowntimeRampSpec::default()),
+            PolicySpec::Postcopy(PostCopySpec::default()),
+            PolicySpec::Simgrid(SimGridSpec::default()),
+            PolicySpec::Adaptive(AdaptiveSpec::default()),
         ]
     }
 
-    /// Look up a policy kind by name with its default parameters.
+    /// Look up a policy by name with its default parameters. `qemu-auto-converge` names QEMU
+    /// with auto-converge on; `qemu-dirty-limit` with dirty-limit on.
     pub fn by_name(name: &str) -> Option<PolicySpec> {
-        Self::all_defaults().into_iter().find(|p| p.name() == name)
+        match name {
+            "qemu-auto-converge" => Some(PolicySpec::Qemu(QemuSpec {
+                auto_converge: true,
+                ..QemuSpec::default()
+            })),
+            "qemu-dirty-limit" => Some(PolicySpec::Qemu(QemuSpec {
+                dirty_limit: true,
+                ..QemuSpec::default()
+            })),
+            _ => Self::all_defaults().into_iter().find(|p| p.name() == name),
+        }
+    }
+
+    /// A label that tells variants of one kind apart (e.g. `qemu-auto-converge`).
+    pub fn label(&self) -> String {
+        match self {
+            PolicySpec::Qemu(q) if q.auto_converge => "qemu-auto-converge".into(),
+            PolicySpec::Qemu(q) if q.dirty_limit => "qemu-dirty-limit".into(),
+            PolicySpec::StopAndCopy(s) if s.precopy_pass => "stop-and-copy-1pass".into(),
+            other => other.name().into(),
+        }
+    }
+
+    /// Names accepted by [`PolicySpec::by_name`].
+    pub fn known_names() -> Vec<String> {
+        let mut v: Vec<String> = Self::all_defaults().iter().map(|p| p.label()).collect();
+        v.push("qemu-dirty-limit".into());
+        v
     }
 
     pub fn check(&self, path: &str) -> Vec<FieldError> {
@@ -295,6 +662,122 @@ impl PolicySpec {
                         format!("{path}.passes"),
                         "must be at least 1",
                     ));
+                }
+            }
+            PolicySpec::Hyperv2008R2(s) | PolicySpec::Hyperv2012R2(s) => {
+                if s.passes == Some(0) {
+                    errs.push(FieldError::new(
+                        format!("{path}.passes"),
+                        "must be at least 1",
+                    ));
+                }
+            }
+            PolicySpec::XenV2(s) => {
+                if s.max_iterations == 0 {
+                    errs.push(FieldError::new(
+                        format!("{path}.max_iterations"),
+                        "must be at least 1",
+                    ));
+                }
+            }
+            PolicySpec::CloudHypervisor(s) => {
+                nonneg(
+                    s.downtime_budget_ms,
+                    format!("{path}.downtime_budget_ms"),
+                    "ms",
+                    &mut errs,
+                );
+                positive(s.timeout_s, format!("{path}.timeout_s"), "s", &mut errs);
+            }
+            PolicySpec::VmwareSdps(s) => {
+                nonneg(
+                    s.switchover_ms,
+                    format!("{path}.switchover_ms"),
+                    "ms",
+                    &mut errs,
+                );
+                if !(s.send_margin > 0.0 && s.send_margin <= 1.0) {
+                    errs.push(FieldError::new(
+                        format!("{path}.send_margin"),
+                        format!("must be in (0, 1], got {}", s.send_margin),
+                    ));
+                }
+            }
+            PolicySpec::DowntimeRamp(s) => {
+                positive(
+                    s.downtime_ms,
+                    format!("{path}.downtime_ms"),
+                    "ms",
+                    &mut errs,
+                );
+                if s.steps == 0 {
+                    errs.push(FieldError::new(
+                        format!("{path}.steps"),
+                        "must be at least 1",
+                    ));
+                }
+                nonneg(
+                    s.delay_s_per_gib,
+                    format!("{path}.delay_s_per_gib"),
+                    "s",
+                    &mut errs,
+                );
+                nonneg(
+                    s.completion_timeout_s_per_gib,
+                    format!("{path}.completion_timeout_s_per_gib"),
+                    "s",
+                    &mut errs,
+                );
+                nonneg(
+                    s.progress_timeout_s,
+                    format!("{path}.progress_timeout_s"),
+                    "s",
+                    &mut errs,
+                );
+            }
+            PolicySpec::Postcopy(s) => {
+                if s.precopy_rounds == 0 {
+                    errs.push(FieldError::new(
+                        format!("{path}.precopy_rounds"),
+                        "must be at least 1",
+                    ));
+                }
+                nonneg(
+                    s.downtime_limit_ms,
+                    format!("{path}.downtime_limit_ms"),
+                    "ms",
+                    &mut errs,
+                );
+            }
+            PolicySpec::Simgrid(s) => {
+                nonneg(
+                    s.max_downtime_ms,
+                    format!("{path}.max_downtime_ms"),
+                    "ms",
+                    &mut errs,
+                );
+                positive(
+                    s.dirty_cap_fraction,
+                    format!("{path}.dirty_cap_fraction"),
+                    "",
+                    &mut errs,
+                );
+            }
+            PolicySpec::Adaptive(s) => {
+                if !(s.min_gain > 0.0 && s.min_gain < 1.0) {
+                    errs.push(FieldError::new(
+                        format!("{path}.min_gain"),
+                        format!("must be in (0, 1), got {}", s.min_gain),
+                    ));
+                }
+                if s.max_rounds == 0 {
+                    errs.push(FieldError::new(
+                        format!("{path}.max_rounds"),
+                        "must be at least 1",
+                    ));
+                }
+                if let Some(b) = s.downtime_budget_ms {
+                    nonneg(b, format!("{path}.downtime_budget_ms"), "ms", &mut errs);
                 }
             }
             PolicySpec::XenLegacy(s) => {
@@ -323,18 +806,63 @@ impl PolicySpec {
                 if let Some(b) = s.max_bandwidth {
                     positive(b.0, format!("{path}.max_bandwidth"), "bit/s", &mut errs);
                 }
+                if s.auto_converge && s.dirty_limit {
+                    errs.push(FieldError::new(
+                        format!("{path}.dirty_limit"),
+                        "cannot be combined with auto_converge",
+                    ));
+                }
+                if s.max_throttle_pct > 99 {
+                    errs.push(FieldError::new(
+                        format!("{path}.max_throttle_pct"),
+                        "must be at most 99",
+                    ));
+                }
+                positive(
+                    s.vcpu_dirty_limit_mbps,
+                    format!("{path}.vcpu_dirty_limit_mbps"),
+                    "MB/s",
+                    &mut errs,
+                );
+                nonneg(
+                    s.throttle_trigger_pct,
+                    format!("{path}.throttle_trigger_pct"),
+                    "%",
+                    &mut errs,
+                );
             }
         }
         errs
     }
 
-    /// A fresh policy instance for one migration.
-    pub fn build(&self) -> Box<dyn Policy> {
+    /// A fresh policy instance for one migration of a VM with `vcpus` vCPUs.
+    pub fn build(&self, vcpus: u32) -> Box<dyn Policy> {
         match self {
             PolicySpec::StopAndCopy(s) => Box::new(StopAndCopy::new(s.clone())),
             PolicySpec::FixedPasses(s) => Box::new(FixedPasses::new(s.clone())),
+            PolicySpec::Hyperv2008R2(s) => Box::new(FixedPasses::named(
+                FixedPassesSpec {
+                    passes: s.passes.unwrap_or(10),
+                    stop_below: s.stop_below,
+                },
+                "hyperv-2008r2",
+            )),
+            PolicySpec::Hyperv2012R2(s) => Box::new(FixedPasses::named(
+                FixedPassesSpec {
+                    passes: s.passes.unwrap_or(5),
+                    stop_below: s.stop_below,
+                },
+                "hyperv-2012r2",
+            )),
             PolicySpec::XenLegacy(s) => Box::new(XenLegacy::new(s.clone())),
-            PolicySpec::Qemu(s) => Box::new(Qemu::new(s.clone())),
+            PolicySpec::XenV2(s) => Box::new(XenV2::new(s.clone())),
+            PolicySpec::Qemu(s) => Box::new(Qemu::new(s.clone(), vcpus)),
+            PolicySpec::CloudHypervisor(s) => Box::new(CloudHypervisor::new(s.clone())),
+            PolicySpec::VmwareSdps(s) => Box::new(Sdps::new(s.clone())),
+            PolicySpec::DowntimeRamp(s) => Box::new(DowntimeRamp::new(s.clone(), vcpus)),
+            PolicySpec::Postcopy(s) => Box::new(PostCopy::new(s.clone(), vcpus)),
+            PolicySpec::Simgrid(s) => Box::new(SimGrid::new(s.clone())),
+            PolicySpec::Adaptive(s) => Box::new(Adaptive::new(s.clone())),
         }
     }
 }

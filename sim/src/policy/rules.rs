@@ -36,17 +36,25 @@ impl Policy for StopAndCopy {
 /// Hyper-V 2008 R2 style: a fixed number of copy passes with early exits.
 pub struct FixedPasses {
     spec: FixedPassesSpec,
+    name: &'static str,
 }
 
 impl FixedPasses {
     pub fn new(spec: FixedPassesSpec) -> Self {
-        FixedPasses { spec }
+        FixedPasses {
+            spec,
+            name: "fixed-passes",
+        }
+    }
+    /// The same rule under another name (the Hyper-V versions).
+    pub fn named(spec: FixedPassesSpec, name: &'static str) -> Self {
+        FixedPasses { spec, name }
     }
 }
 
 impl Policy for FixedPasses {
     fn name(&self) -> &'static str {
-        "fixed-passes"
+        self.name
     }
     fn decide(&mut self, obs: &Observation) -> Decision {
         if obs.trigger != Trigger::RoundEnd {
@@ -135,82 +143,199 @@ impl Policy for XenLegacy {
     }
 }
 
-/// QEMU's pre-copy rule: a bandwidth measured over ~100 ms windows sets a threshold
-/// (bandwidth × downtime-limit); when the pending estimate falls below it the dirty log is
-/// synced, and if the exact pending amount is still below it the VM is stopped.
-pub struct Qemu {
-    spec: QemuSpec,
-    window_start_ns: u64,
-    window_start_bytes: u64,
-    bandwidth_bps: f64,
+/// Xen's migration v2 rule (`xc_sr_save.c`): after each harvest, stop when fewer than
+/// `dirty_threshold` pages are dirty or after `max_iterations` iterations.
+pub struct XenV2 {
+    spec: XenV2Spec,
 }
 
-impl Qemu {
-    pub fn new(spec: QemuSpec) -> Self {
-        Qemu {
-            spec,
-            window_start_ns: 0,
-            window_start_bytes: 0,
-            bandwidth_bps: 0.0,
-        }
-    }
-
-    fn threshold_bytes(&self) -> f64 {
-        self.bandwidth_bps / 8.0 * self.spec.downtime_limit_ms / 1e3
-    }
-
-    fn update_bandwidth(&mut self, obs: &Observation, force: bool) {
-        let dt = obs.elapsed_ns.saturating_sub(self.window_start_ns);
-        if dt as f64 >= self.spec.window_ms * 1e6 || (force && dt > 0 && self.bandwidth_bps == 0.0)
-        {
-            let bytes = obs.total_bytes_sent - self.window_start_bytes;
-            self.bandwidth_bps = bytes as f64 * 8e9 / dt as f64;
-            self.window_start_ns = obs.elapsed_ns;
-            self.window_start_bytes = obs.total_bytes_sent;
-        }
+impl XenV2 {
+    pub fn new(spec: XenV2Spec) -> Self {
+        XenV2 { spec }
     }
 }
 
-impl Policy for Qemu {
+impl Policy for XenV2 {
     fn name(&self) -> &'static str {
-        "qemu"
-    }
-    fn tick_ns(&self) -> Option<u64> {
-        Some((self.spec.check_ms * 1e6).round().max(1.0) as u64)
-    }
-    fn max_bandwidth_bps(&self) -> Option<f64> {
-        self.spec.max_bandwidth.map(|b| b.0)
+        "xen-v2"
     }
     fn decide(&mut self, obs: &Observation) -> Decision {
-        match obs.trigger {
-            Trigger::Start => Decision::Continue,
-            Trigger::Tick | Trigger::RoundEnd => {
-                self.update_bandwidth(obs, obs.trigger == Trigger::RoundEnd);
-                let estimate = (obs.remaining_pages * obs.page_wire_bytes) as f64;
-                if obs.remaining_pages == 0 || estimate < self.threshold_bytes() {
-                    Decision::Sync
-                } else {
-                    Decision::Continue
-                }
-            }
-            Trigger::AfterSync => {
-                let pending = obs.pending_bytes();
-                let threshold = self.threshold_bytes();
-                if pending == 0 || (pending as f64) < threshold {
-                    Decision::Stop(
-                        StopReason::Converged,
-                        format!(
-                            "pending {} B < {:.0} B (bandwidth {:.1} Mbit/s × {} ms)",
-                            pending,
-                            threshold,
-                            self.bandwidth_bps / 1e6,
-                            self.spec.downtime_limit_ms
-                        ),
-                    )
-                } else {
-                    Decision::Continue
-                }
-            }
+        if obs.trigger != Trigger::RoundEnd {
+            return Decision::Continue;
+        }
+        let iters = obs.round + 1;
+        if obs.dirty_pages < self.spec.dirty_threshold {
+            Decision::Stop(
+                StopReason::Converged,
+                format!(
+                    "{} dirty pages < {}",
+                    obs.dirty_pages, self.spec.dirty_threshold
+                ),
+            )
+        } else if iters >= self.spec.max_iterations {
+            Decision::Stop(
+                StopReason::Forced,
+                format!("iteration limit {} reached", self.spec.max_iterations),
+            )
+        } else {
+            Decision::Continue
+        }
+    }
+}
+
+/// Cloud Hypervisor's rule: after each iteration, stop when nothing is dirty or when sending
+/// the dirty set at the iteration's measured bandwidth fits the downtime budget; past the
+/// timeout, cancel (stay on the source) or ignore (force the switchover).
+pub struct CloudHypervisor {
+    spec: CloudHypervisorSpec,
+}
+
+impl CloudHypervisor {
+    pub fn new(spec: CloudHypervisorSpec) -> Self {
+        CloudHypervisor { spec }
+    }
+}
+
+impl Policy for CloudHypervisor {
+    fn name(&self) -> &'static str {
+        "cloud-hypervisor"
+    }
+    fn decide(&mut self, obs: &Observation) -> Decision {
+        if obs.trigger != Trigger::RoundEnd {
+            return Decision::Continue;
+        }
+        if obs.dirty_pages == 0 {
+            return Decision::Stop(StopReason::Converged, "nothing left to send".into());
+        }
+        let bw = if obs.round_elapsed_ns > 0 && obs.round_bytes_sent > 0 {
+            obs.round_bytes_sent as f64 * 8e9 / obs.round_elapsed_ns as f64
+        } else {
+            obs.bandwidth_bps
+        };
+        let est_ms = obs.pending_bytes() as f64 * 8e3 / bw;
+        if est_ms <= self.spec.downtime_budget_ms {
+            return Decision::Stop(
+                StopReason::Converged,
+                format!(
+                    "estimated downtime {est_ms:.1} ms ≤ budget {} ms",
+                    self.spec.downtime_budget_ms
+                ),
+            );
+        }
+        if obs.elapsed_ns as f64 >= self.spec.timeout_s * 1e9 {
+            return match self.spec.on_timeout {
+                TimeoutAction::Cancel => Decision::Cancel(format!(
+                    "timeout of {} s: migration cancelled",
+                    self.spec.timeout_s
+                )),
+                TimeoutAction::Ignore => Decision::Stop(
+                    StopReason::Forced,
+                    format!("timeout of {} s: switchover forced", self.spec.timeout_s),
+                ),
+            };
+        }
+        Decision::Continue
+    }
+}
+
+/// SimGrid's live-migration model: stop when the remainder can be sent within `max_downtime_ms`
+/// at the bandwidth measured in the last iteration. No iteration cap.
+pub struct SimGrid {
+    spec: SimGridSpec,
+}
+
+impl SimGrid {
+    pub fn new(spec: SimGridSpec) -> Self {
+        SimGrid { spec }
+    }
+}
+
+impl Policy for SimGrid {
+    fn name(&self) -> &'static str {
+        "simgrid"
+    }
+    fn decide(&mut self, obs: &Observation) -> Decision {
+        if obs.trigger != Trigger::RoundEnd {
+            return Decision::Continue;
+        }
+        let bw = if obs.round_elapsed_ns > 0 && obs.round_bytes_sent > 0 {
+            obs.round_bytes_sent as f64 * 8e9 / obs.round_elapsed_ns as f64
+        } else {
+            obs.bandwidth_bps
+        };
+        // SimGrid caps the dirty amount it models per round at a fraction of RAM.
+        let cap = self.spec.dirty_cap_fraction * obs.mem_bytes as f64;
+        let remaining = (obs.pending_bytes() as f64).min(cap);
+        let threshold = bw / 8.0 * self.spec.max_downtime_ms / 1e3;
+        if remaining < threshold {
+            Decision::Stop(
+                StopReason::Converged,
+                format!("remaining {remaining:.0} B < {threshold:.0} B"),
+            )
+        } else {
+            Decision::Continue
+        }
+    }
+}
+
+/// VMware vMotion's Stun During Page Send: while the guest dirties memory faster than it can
+/// be sent, stall its vCPUs (here: a throttle) so the dirty rate falls below the send rate;
+/// switch over when the remainder fits the switchover target.
+pub struct Sdps {
+    spec: SdpsSpec,
+    throttle: f64,
+}
+
+impl Sdps {
+    pub fn new(spec: SdpsSpec) -> Self {
+        Sdps {
+            spec,
+            throttle: 0.0,
+        }
+    }
+}
+
+impl Policy for Sdps {
+    fn name(&self) -> &'static str {
+        "vmware-sdps"
+    }
+    fn decide(&mut self, obs: &Observation) -> Decision {
+        if obs.trigger != Trigger::RoundEnd {
+            return Decision::Continue;
+        }
+        let bw = if obs.round_elapsed_ns > 0 && obs.round_bytes_sent > 0 {
+            obs.round_bytes_sent as f64 * 8e9 / obs.round_elapsed_ns as f64
+        } else {
+            obs.bandwidth_bps
+        };
+        let est_ms = obs.pending_bytes() as f64 * 8e3 / bw;
+        if est_ms <= self.spec.switchover_ms {
+            return Decision::Stop(
+                StopReason::Converged,
+                format!(
+                    "remainder fits {} ms ({est_ms:.1} ms)",
+                    self.spec.switchover_ms
+                ),
+            );
+        }
+        if obs.round == 0 || obs.round_elapsed_ns == 0 {
+            return Decision::Continue;
+        }
+        // Dirty rate of this iteration, as bytes per second, and what it would be unthrottled.
+        let dirty_bps =
+            obs.dirty_pages as f64 * obs.page_wire_bytes as f64 * 8e9 / obs.round_elapsed_ns as f64;
+        let unthrottled = dirty_bps / (1.0 - self.throttle).max(0.01);
+        let target = self.spec.send_margin * bw;
+        let want = if unthrottled > target {
+            (1.0 - target / unthrottled).clamp(0.0, 0.99)
+        } else {
+            0.0
+        };
+        if (want - self.throttle).abs() >= 0.01 {
+            self.throttle = want;
+            Decision::Throttle((want * 100.0).round() as u8)
+        } else {
+            Decision::Continue
         }
     }
 }

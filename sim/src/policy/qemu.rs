@@ -1,0 +1,283 @@
+//! QEMU's convergence machinery and the policies built on it: the downtime-limit rule,
+//! auto-converge (vCPU throttling), dirty-limit, the stepped downtime ramp of OpenStack Nova /
+//! KubeVirt, and the switch to post-copy.
+
+use super::*;
+
+/// QEMU's pre-copy rule: a bandwidth measured over ~100 ms windows sets a threshold
+/// (bandwidth × downtime-limit); when the pending estimate falls below it the dirty log is
+/// synced, and if the exact pending amount is still below it the VM is stopped. With
+/// auto-converge or dirty-limit, every sync more than a second after the last evaluation checks
+/// whether the guest dirtied more than `throttle_trigger_pct` % of what was sent in the period;
+/// the second such period (counted, then reset) throttles the guest.
+pub struct Qemu {
+    spec: QemuSpec,
+    vcpus: u32,
+    window_start_ns: u64,
+    window_start_bytes: u64,
+    bandwidth_bps: f64,
+    /// Downtime limit in force (the ramp changes it).
+    limit_ms: f64,
+    period_start_ns: u64,
+    period_start_bytes: u64,
+    period_dirty_pages: u64,
+    high_count: u32,
+    throttle_pct: u8,
+    dirty_limited: bool,
+}
+
+impl Qemu {
+    pub fn new(spec: QemuSpec, vcpus: u32) -> Self {
+        Qemu {
+            limit_ms: spec.downtime_limit_ms,
+            spec,
+            vcpus: vcpus.max(1),
+            window_start_ns: 0,
+            window_start_bytes: 0,
+            bandwidth_bps: 0.0,
+            period_start_ns: 0,
+            period_start_bytes: 0,
+            period_dirty_pages: 0,
+            high_count: 0,
+            throttle_pct: 0,
+            dirty_limited: false,
+        }
+    }
+
+    pub fn set_limit_ms(&mut self, ms: f64) {
+        self.limit_ms = ms;
+    }
+
+    pub fn threshold_bytes(&self) -> f64 {
+        self.bandwidth_bps / 8.0 * self.limit_ms / 1e3
+    }
+
+    pub fn bandwidth_bps(&self) -> f64 {
+        self.bandwidth_bps
+    }
+
+    fn update_bandwidth(&mut self, obs: &Observation, force: bool) {
+        let dt = obs.elapsed_ns.saturating_sub(self.window_start_ns);
+        if dt as f64 >= self.spec.window_ms * 1e6 || (force && dt > 0 && self.bandwidth_bps == 0.0)
+        {
+            let bytes = obs.total_bytes_sent - self.window_start_bytes;
+            self.bandwidth_bps = bytes as f64 * 8e9 / dt as f64;
+            self.window_start_ns = obs.elapsed_ns;
+            self.window_start_bytes = obs.total_bytes_sent;
+        }
+    }
+
+    /// QEMU's `migration_trigger_throttle`, run at every sync.
+    fn after_sync_throttle(&mut self, obs: &Observation) -> Option<Decision> {
+        self.period_dirty_pages += obs.last_round.map_or(0, |r| r.pages_dirtied);
+        if obs.elapsed_ns <= self.period_start_ns + 1_000_000_000 {
+            return None;
+        }
+        let xfer = obs.total_bytes_sent - self.period_start_bytes;
+        let dirty = self.period_dirty_pages * obs.page_size;
+        let threshold = xfer as f64 * self.spec.throttle_trigger_pct / 100.0;
+        self.period_start_ns = obs.elapsed_ns;
+        self.period_start_bytes = obs.total_bytes_sent;
+        self.period_dirty_pages = 0;
+        if !(self.spec.auto_converge || self.spec.dirty_limit) || (dirty as f64) <= threshold {
+            return None;
+        }
+        self.high_count += 1;
+        if self.high_count < 2 {
+            return None;
+        }
+        self.high_count = 0;
+        if self.spec.auto_converge {
+            let next = if self.throttle_pct == 0 {
+                self.spec.throttle_initial_pct
+            } else {
+                let inc = if self.spec.tailslow {
+                    // Aim at the CPU share that would bring the dirty rate down to the threshold.
+                    let cpu_now = 100.0 - self.throttle_pct as f64;
+                    let cpu_ideal = cpu_now * (threshold / dirty as f64);
+                    (cpu_now - cpu_ideal).clamp(0.0, self.spec.throttle_increment_pct as f64) as u8
+                } else {
+                    self.spec.throttle_increment_pct
+                };
+                self.throttle_pct.saturating_add(inc)
+            };
+            self.throttle_pct = next.min(self.spec.max_throttle_pct);
+            Some(Decision::Throttle(self.throttle_pct))
+        } else if !self.dirty_limited {
+            self.dirty_limited = true;
+            let per_vcpu_pps = self.spec.vcpu_dirty_limit_mbps * 1e6 / obs.page_size as f64;
+            Some(Decision::LimitDirtyRate(per_vcpu_pps * self.vcpus as f64))
+        } else {
+            None
+        }
+    }
+}
+
+impl Policy for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+    fn tick_ns(&self) -> Option<u64> {
+        Some((self.spec.check_ms * 1e6).round().max(1.0) as u64)
+    }
+    fn max_bandwidth_bps(&self) -> Option<f64> {
+        self.spec.max_bandwidth.map(|b| b.0)
+    }
+    fn decide(&mut self, obs: &Observation) -> Decision {
+        match obs.trigger {
+            Trigger::Start => Decision::Continue,
+            Trigger::Tick | Trigger::RoundEnd => {
+                self.update_bandwidth(obs, obs.trigger == Trigger::RoundEnd);
+                let estimate = (obs.remaining_pages * obs.page_wire_bytes) as f64;
+                if obs.remaining_pages == 0 || estimate < self.threshold_bytes() {
+                    Decision::Sync
+                } else {
+                    Decision::Continue
+                }
+            }
+            Trigger::AfterSync => {
+                let throttle = self.after_sync_throttle(obs);
+                let pending = obs.pending_bytes();
+                let threshold = self.threshold_bytes();
+                if pending == 0 || (pending as f64) < threshold {
+                    Decision::Stop(
+                        StopReason::Converged,
+                        format!(
+                            "pending {} B < {:.0} B (bandwidth {:.1} Mbit/s × {} ms)",
+                            pending,
+                            threshold,
+                            self.bandwidth_bps / 1e6,
+                            self.limit_ms
+                        ),
+                    )
+                } else {
+                    throttle.unwrap_or(Decision::Continue)
+                }
+            }
+        }
+    }
+}
+
+/// OpenStack Nova's stepped downtime (KubeVirt works alike): the downtime limit starts at
+/// `max/steps` and rises in `steps` equal steps to `max`, one step every `delay_s_per_gib` ×
+/// memory GiB seconds; the migration is aborted when it exceeds the completion timeout, or when
+/// the pending amount has not reached a new low for `progress_timeout_s`.
+pub struct DowntimeRamp {
+    spec: DowntimeRampSpec,
+    qemu: Qemu,
+    best_pending: u64,
+    best_at_ns: u64,
+}
+
+impl DowntimeRamp {
+    pub fn new(spec: DowntimeRampSpec, vcpus: u32) -> Self {
+        let q = QemuSpec {
+            downtime_limit_ms: spec.downtime_ms / spec.steps.max(1) as f64,
+            ..QemuSpec::default()
+        };
+        DowntimeRamp {
+            spec,
+            qemu: Qemu::new(q, vcpus),
+            best_pending: u64::MAX,
+            best_at_ns: 0,
+        }
+    }
+
+    /// The limit in force at `elapsed_ns` for a VM of `mem_gib`.
+    pub fn limit_at(&self, elapsed_ns: u64, mem_gib: f64) -> f64 {
+        let steps = self.spec.steps.max(1) as f64;
+        let base = self.spec.downtime_ms / steps;
+        let offset = (self.spec.downtime_ms - base) / steps;
+        let delay_ns = self.spec.delay_s_per_gib * mem_gib * 1e9;
+        let i = if delay_ns <= 0.0 {
+            steps
+        } else {
+            (elapsed_ns as f64 / delay_ns).floor().min(steps)
+        };
+        base + offset * i
+    }
+}
+
+impl Policy for DowntimeRamp {
+    fn name(&self) -> &'static str {
+        "downtime-ramp"
+    }
+    fn tick_ns(&self) -> Option<u64> {
+        self.qemu.tick_ns()
+    }
+    fn decide(&mut self, obs: &Observation) -> Decision {
+        let gib = obs.mem_bytes as f64 / (1u64 << 30) as f64;
+        self.qemu.set_limit_ms(self.limit_at(obs.elapsed_ns, gib));
+        let pending = obs.pending_pages();
+        if obs.trigger != Trigger::Start && pending < self.best_pending {
+            self.best_pending = pending;
+            self.best_at_ns = obs.elapsed_ns;
+        }
+        let completion_ns = self.spec.completion_timeout_s_per_gib * gib * 1e9;
+        if completion_ns > 0.0 && obs.elapsed_ns as f64 > completion_ns {
+            return Decision::Cancel(format!(
+                "completion timeout ({} s per GiB) exceeded",
+                self.spec.completion_timeout_s_per_gib
+            ));
+        }
+        let progress_ns = self.spec.progress_timeout_s * 1e9;
+        if progress_ns > 0.0 && (obs.elapsed_ns - self.best_at_ns) as f64 > progress_ns {
+            return Decision::Cancel(format!(
+                "no progress for {} s (stalled)",
+                self.spec.progress_timeout_s
+            ));
+        }
+        self.qemu.decide(obs)
+    }
+}
+
+/// Pre-copy under QEMU's rule, switching to post-copy after `precopy_rounds` iterations, or as
+/// soon as an iteration dirtied at least as many pages as it sent (the target cannot be met).
+pub struct PostCopy {
+    spec: PostCopySpec,
+    qemu: Qemu,
+}
+
+impl PostCopy {
+    pub fn new(spec: PostCopySpec, vcpus: u32) -> Self {
+        let q = QemuSpec {
+            downtime_limit_ms: spec.downtime_limit_ms,
+            ..QemuSpec::default()
+        };
+        PostCopy {
+            spec,
+            qemu: Qemu::new(q, vcpus),
+        }
+    }
+}
+
+impl Policy for PostCopy {
+    fn name(&self) -> &'static str {
+        "postcopy"
+    }
+    fn tick_ns(&self) -> Option<u64> {
+        self.qemu.tick_ns()
+    }
+    fn decide(&mut self, obs: &Observation) -> Decision {
+        let d = self.qemu.decide(obs);
+        if matches!(d, Decision::Stop(..)) || obs.trigger != Trigger::RoundEnd {
+            return d;
+        }
+        if obs.round + 1 >= self.spec.precopy_rounds {
+            return Decision::PostCopy(format!(
+                "switched to post-copy after {} pre-copy rounds",
+                obs.round + 1
+            ));
+        }
+        if self.spec.switch_on_no_progress
+            && obs.round > 0
+            && obs.dirty_pages >= obs.round_pages_sent
+        {
+            return Decision::PostCopy(format!(
+                "switched to post-copy: round {} dirtied as much as it sent",
+                obs.round
+            ));
+        }
+        d
+    }
+}
