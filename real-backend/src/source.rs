@@ -124,6 +124,7 @@ pub(crate) fn connect_dest(launch: &DestLaunch) -> Result<(TcpStream, DestHandle
             let child = Command::new(program)
                 .args(argv)
                 .stdin(Stdio::null())
+                .stdout(Stdio::null())
                 .spawn()
                 .map_err(SourceError::Launch)?;
             DestHandle::Child(child)
