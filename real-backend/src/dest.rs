@@ -53,10 +53,11 @@ pub(crate) struct Hello {
     pub verify: bool,
     pub run_after_ms: u64,
     pub one_way_ns: u64,
+    pub realtime: bool,
 }
 
 fn parse_hello(p: &[u8]) -> Result<Hello, DestError> {
-    let (v, _) = transport::get_u64s(p, 6)?;
+    let (v, _) = transport::get_u64s(p, 7)?;
     Ok(Hello {
         ram_bytes: v[0],
         vcpus: v[1],
@@ -65,6 +66,7 @@ fn parse_hello(p: &[u8]) -> Result<Hello, DestError> {
         verify: v[3] != 0,
         run_after_ms: v[4],
         one_way_ns: v[5],
+        realtime: v[6] != 0,
     })
 }
 
@@ -155,7 +157,17 @@ fn serve_inner(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Result<DestRe
                 let d3 = mono_ns();
                 return resume_and_report(vm, cpu, w, &h, [d1, d2, d3, d2 - d1]);
             }
-            kind::BARRIER => reply(w, h.one_way_ns, kind::BARRIER_ACK, &[])?,
+            kind::BARRIER => {
+                // The switchover follows: take real-time priority until the guest runs here.
+                if h.realtime {
+                    crate::vstate::vcpu::set_realtime(
+                        crate::vstate::vcpu::current_thread(),
+                        Some(1),
+                    );
+                    cpu.set_realtime(Some(2));
+                }
+                reply(w, h.one_way_ns, kind::BARRIER_ACK, &[])?
+            }
             kind::ABORT => return Err(DestError::Aborted),
             other => {
                 return Err(DestError::Protocol(format!(
@@ -256,6 +268,10 @@ fn resume_and_report(
         return Err(DestError::Protocol(
             "the guest made no progress within 2 s of resuming".into(),
         ));
+    }
+    if h.realtime {
+        cpu.set_realtime(None);
+        crate::vstate::vcpu::set_realtime(crate::vstate::vcpu::current_thread(), None);
     }
     reply(
         w,

@@ -84,6 +84,10 @@ pub struct RealOptions {
     pub record_trace: bool,
     /// Keep the page sequence the feeder gave the guest.
     pub record_writes: bool,
+    /// Run the vCPU and VMM threads at SCHED_FIFO priority during the switchover (only where
+    /// the kernel throttles real-time threads), so a busy host's scheduler does not add its
+    /// tick to the blackout.
+    pub realtime_switchover: bool,
 }
 
 impl Default for RealOptions {
@@ -98,6 +102,7 @@ impl Default for RealOptions {
             faults: Faults::default(),
             record_trace: false,
             record_writes: false,
+            realtime_switchover: true,
         }
     }
 }

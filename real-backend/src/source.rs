@@ -213,6 +213,7 @@ pub(crate) fn hello(ck: &Checked, opts: &RealOptions, vcpus: u64, one_way_ns: u6
         opts.verify as u64,
         opts.run_after_ms,
         one_way_ns,
+        opts.realtime_switchover as u64,
     ])
 }
 
@@ -902,10 +903,20 @@ fn stop_and_copy(
         ));
     }
     let writes_fed = d.feeder.take().map(|f| f.stop()).unwrap_or_default();
+    let rt = d.opts.realtime_switchover;
+    let me = crate::vstate::vcpu::current_thread();
+    if rt {
+        crate::vstate::vcpu::set_realtime(me, Some(1));
+        d.cpu.set_realtime(Some(2));
+    }
     // Blackout starts: pause the vCPU.
     let t0 = mono_ns();
-    pause_vcpu(&d.vm, &d.cpu, Some(&d.vmm_dirty)).map_err(SourceError::from)?;
+    let paused = pause_vcpu(&d.vm, &d.cpu, Some(&d.vmm_dirty));
     let t1 = mono_ns();
+    if rt {
+        d.cpu.set_realtime(None);
+    }
+    paused.map_err(SourceError::from)?;
     let guest_writes = d.vm.sys.read_u64(CTRL_OFF + ctrl::CONSUMED);
     // Final harvest.
     d.collect_dirty(true)?;
@@ -996,6 +1007,9 @@ fn stop_and_copy(
     let p = match resumed {
         Ok(p) => p,
         Err(why) => {
+            if rt {
+                crate::vstate::vcpu::set_realtime(me, None);
+            }
             if why.contains("digest") {
                 verify = Err(why.clone());
             }
@@ -1013,6 +1027,9 @@ fn stop_and_copy(
             ));
         }
     };
+    if rt {
+        crate::vstate::vcpu::set_realtime(me, None);
+    }
     let (v, _) = transport::get_u64s(&p, 7).map_err(|e| SourceError::Integrity(e.to_string()))?;
     let (d1, d2, d3, d4, _load_ns, hb_resume, w_resume) =
         (v[0], v[1], v[2], v[3], v[4], v[5], v[6]);

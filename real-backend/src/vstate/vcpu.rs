@@ -209,6 +209,38 @@ struct Ctl {
     state: St,
 }
 
+/// Whether the kernel throttles real-time threads (so a spinning SCHED_FIFO thread cannot take
+/// a CPU away from everything else for good).
+pub fn rt_throttled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/sched_rt_runtime_us")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .is_some_and(|v| v >= 0)
+}
+
+/// Put a thread in SCHED_FIFO at `prio` (`None`: back to SCHED_OTHER). Only where the kernel
+/// throttles real-time threads; failures (no privilege) are ignored: priority only changes
+/// timing, never behaviour.
+pub fn set_realtime(thread: libc::pthread_t, prio: Option<i32>) {
+    if !rt_throttled() {
+        return;
+    }
+    let (policy, p) = match prio {
+        Some(p) => (libc::SCHED_FIFO, p),
+        None => (libc::SCHED_OTHER, 0),
+    };
+    let param = libc::sched_param { sched_priority: p };
+    // SAFETY: `thread` is a live thread of this process (callers pass their own or an unjoined
+    // vCPU thread's id) and `param` is a valid sched_param for the policy.
+    unsafe { libc::pthread_setschedparam(thread, policy, &param) };
+}
+
+/// The calling thread's id, for [`set_realtime`].
+pub fn current_thread() -> libc::pthread_t {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() }
+}
+
 fn vcpu_thread(sh: &Shared) {
     // Bind the vCPU to this thread: one KVM_RUN that returns at once.
     if let Ok(mut v) = sh.vcpu.lock() {
@@ -348,6 +380,15 @@ impl VcpuThread {
             return Err(VcpuError::StopTimeout(limit));
         }
         Ok(())
+    }
+
+    /// Give the vCPU thread real-time priority for a switchover (`None` restores it). On a
+    /// host whose CPUs are busy with other work, an ordinary thread waits for the scheduler's
+    /// tick (4 ms here) both to see a pause request and to start after a resume.
+    pub fn set_realtime(&self, prio: Option<i32>) {
+        if let Some(h) = &self.handle {
+            set_realtime(h.as_pthread_t(), prio);
+        }
     }
 
     /// The vCPU, for state save/restore while parked (blocks while it runs).
