@@ -107,6 +107,14 @@ impl Default for RealOptions {
     }
 }
 
+/// One dirty-log harvest (KVM_GET_DIRTY_LOG + KVM_CLEAR_DIRTY_LOG of both slots, plus the
+/// VMM's own bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Harvest {
+    pub dirty_pages: u64,
+    pub ns: u64,
+}
+
 /// What the guest did on the destination after the switchover.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DestProgress {
@@ -138,6 +146,9 @@ pub struct RealRun {
     pub source_after_failure: Option<(bool, Option<Result<(), String>>)>,
     /// Harvested dirty bitmaps (RAM pages then system pages), when recorded.
     pub trace: Vec<Bitmap>,
+    /// Every dirty-log harvest (each sync, then the final one): pages found and time taken —
+    /// the data to calibrate the simulator's `[dirty_log]` costs.
+    pub harvests: Vec<Harvest>,
     /// The page sequence fed to the guest, when recorded.
     pub writes: Vec<u64>,
     /// Pages of guest memory actually used (RAM + system region).

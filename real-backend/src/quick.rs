@@ -239,6 +239,7 @@ pub fn quick_migrate(ck: &Checked, opts: &RealOptions, dir: &Path) -> Result<Rea
         }),
         source_after_failure: None,
         trace: Vec::new(),
+        harvests: Vec::new(),
         writes: Vec::new(),
         guest_pages: vm.layout.ram_pages() + vm.layout.sys_pages(),
     })

@@ -247,6 +247,7 @@ struct Driver<'a> {
     idx: Vec<u64>,
     page_buf: Vec<u8>,
     trace: Vec<Bitmap>,
+    harvests: Vec<crate::Harvest>,
     // counters (as in the simulator)
     total_bytes: u64,
     total_pages: u64,
@@ -353,7 +354,12 @@ impl<'a> Driver<'a> {
     }
 
     fn sync(&mut self) -> Result<(), SourceError> {
+        let h0 = mono_ns();
         self.collect_dirty(true)?;
+        self.harvests.push(crate::Harvest {
+            dirty_pages: self.dirty.count(),
+            ns: mono_ns() - h0,
+        });
         let t = self.now();
         self.close_round(t);
         if self.opts.record_trace {
@@ -743,6 +749,7 @@ pub fn migrate(ck: &Checked, opts: &RealOptions) -> Result<RealRun, RealError> {
         idx: Vec::with_capacity(BATCH_PAGES),
         page_buf: vec![0u8; PAGE as usize],
         trace: Vec::new(),
+        harvests: Vec::new(),
         total_bytes: 0,
         total_pages: 0,
         zero_sent: 0,
@@ -872,6 +879,7 @@ fn finish_failed(
         dest: None,
         source_after_failure: after,
         trace: std::mem::take(&mut d.trace),
+        harvests: std::mem::take(&mut d.harvests),
         writes: Vec::new(),
         guest_pages: d.send.len(),
     }
@@ -921,6 +929,11 @@ fn stop_and_copy(
     // Final harvest.
     d.collect_dirty(true)?;
     let t2 = mono_ns();
+    let final_dirty = d.dirty.count();
+    d.harvests.push(crate::Harvest {
+        dirty_pages: final_dirty,
+        ns: t2 - t1,
+    });
     let t_rel = t0 - d.t_start;
     if d.round_pages > 0 {
         d.close_round(t_rel);
@@ -1113,6 +1126,7 @@ fn stop_and_copy(
         dest: Some(progress),
         source_after_failure: None,
         trace: std::mem::take(&mut d.trace),
+        harvests: std::mem::take(&mut d.harvests),
         writes: writes_fed,
         guest_pages: d.send.len(),
         result: RunResult {

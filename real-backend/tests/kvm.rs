@@ -121,6 +121,8 @@ fn live_migration_workload_same_pages_as_the_simulator() {
     assert!(!run.result.rounds.is_empty());
     // One harvested bitmap per sync plus the final one.
     assert!(run.trace.len() >= run.result.rounds.len());
+    assert_eq!(run.harvests.len(), run.trace.len());
+    assert!(run.harvests.iter().all(|h| h.ns > 0));
     // The feeder gave the guest exactly the simulator's page sequence.
     let mut expect = Vec::new();
     let mut stream = WriteStream::new(&ck.workload, run_seed(ck.scenario.seed, 0));

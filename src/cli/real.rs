@@ -108,6 +108,10 @@ pub fn run(a: RealArgs) -> Result<ExitCode> {
             "dest_heartbeat_after": run.dest.as_ref().map(|d| d.heartbeat_after),
             "dest_writes_at_resume": run.dest.as_ref().map(|d| d.writes_at_resume),
             "dest_writes_after": run.dest.as_ref().map(|d| d.writes_after),
+            "harvests": run.harvests.iter().map(|h| serde_json::json!({
+                "dirty_pages": h.dirty_pages,
+                "us": h.ns as f64 / 1e3,
+            })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -116,6 +120,17 @@ pub fn run(a: RealArgs) -> Result<ExitCode> {
             "guest      {:.0} page writes/s achieved (target {:.0}); {} writes before the pause",
             run.achieved_pps, run.target_pps, res.report.guest_writes
         );
+        if !run.harvests.is_empty() {
+            let list: Vec<String> = run
+                .harvests
+                .iter()
+                .map(|h| format!("{}p/{:.0}us", h.dirty_pages, h.ns as f64 / 1e3))
+                .collect();
+            println!(
+                "harvests   {} (dirty pages / time; the last is the final one)",
+                list.join(" ")
+            );
+        }
         if run.verified {
             println!(
                 "verified   memory digest source == destination; the comparison kept the guest paused {:.3} ms more (not in the downtime above)",
