@@ -54,15 +54,23 @@ impl Bitmap {
         self.words[(i / 64) as usize] >> (i % 64) & 1 == 1
     }
 
+    // `set` and `clear` update the count in a branch on purpose: the branch-free form
+    // (`count += was_clear as u64`) was miscompiled by the optimised build of rustc 1.95 on
+    // this code (the count update was lost once inlined into the engine's closures), which the
+    // release-mode tests and the oracle cross-checks caught.
+
     /// Set bit `i`; returns true if it was clear.
     #[inline]
     pub fn set(&mut self, i: u64) -> bool {
         let w = &mut self.words[(i / 64) as usize];
         let m = 1u64 << (i % 64);
-        let was_clear = *w & m == 0;
-        *w |= m;
-        self.count += was_clear as u64;
-        was_clear
+        if *w & m == 0 {
+            *w |= m;
+            self.count += 1;
+            true
+        } else {
+            false
+        }
     }
 
     /// Clear bit `i`; returns true if it was set.
@@ -70,10 +78,13 @@ impl Bitmap {
     pub fn clear(&mut self, i: u64) -> bool {
         let w = &mut self.words[(i / 64) as usize];
         let m = 1u64 << (i % 64);
-        let was_set = *w & m != 0;
-        *w &= !m;
-        self.count -= was_set as u64;
-        was_set
+        if *w & m != 0 {
+            *w &= !m;
+            self.count -= 1;
+            true
+        } else {
+            false
+        }
     }
 
     pub fn clear_all(&mut self) {

@@ -19,7 +19,9 @@ pub mod scenario;
 
 pub use kinds::simulate;
 pub use metrics::{RunReport, RunResult, Status};
-pub use migration::{oracle, Oracle};
+pub use migration::{oracle, simulate_probed, Oracle, OracleCaps};
 pub use scenario::{Checked, Scenario, ScenarioError};
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_policies;

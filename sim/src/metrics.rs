@@ -135,6 +135,8 @@ pub struct RoundRecord {
     /// round's bandwidth (the quantity downtime-limit policies compare with their budget).
     pub est_downtime_ns: u64,
     pub throttle_pct: u8,
+    /// Page writes the guest made during the round (its achieved write rate × duration).
+    pub guest_writes: u64,
 }
 
 /// A finished run: the summary plus its per-round records.
@@ -193,6 +195,7 @@ pub const ROUNDS_HEADER: &[&str] = &[
     "bandwidth_bps",
     "est_downtime_ns",
     "throttle_pct",
+    "guest_writes",
 ];
 
 /// Quote a CSV field when it needs it.
@@ -274,6 +277,7 @@ pub fn round_row(run_id: usize, r: &RoundRecord) -> Vec<String> {
         fmt_f64(r.bandwidth_bps),
         r.est_downtime_ns.to_string(),
         r.throttle_pct.to_string(),
+        r.guest_writes.to_string(),
     ]
 }
 

@@ -8,7 +8,7 @@ use clap::Args;
 use rayon::prelude::*;
 use sim::metrics::{self, fmt_f64, RunResult};
 use sim::policy::PolicySpec;
-use sim::{Checked, Oracle};
+use sim::{Checked, Oracle, OracleCaps};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,30 +75,41 @@ pub struct Comparison {
 }
 
 /// Run every policy on the scenario (same seed, so the same write trace) and the oracle.
-pub fn compare(
-    ck: &Checked,
-    policies: &[PolicySpec],
-    max_total_ns: Option<u64>,
-    max_bytes: Option<u64>,
-) -> Comparison {
-    let results: Vec<RunResult> = policies
+///
+/// The oracle is the best stop point over (a) the two replays of [`sim::oracle`] and (b) the
+/// trajectories of the policies that leave the guest's speed alone and end in pre-copy, up to
+/// their own stops: so no such policy can beat it. Throttling and post-copy runs change the
+/// write trace or the meaning of the blackout and are compared with it, not included.
+pub fn compare(ck: &Checked, policies: &[PolicySpec], caps: OracleCaps) -> Comparison {
+    let runs: Vec<(RunResult, Option<Oracle>)> = policies
         .par_iter()
         .map(|p| {
             let mut sc = ck.scenario.clone();
             sc.policy = p.clone();
             match sc.check() {
-                Ok(c) => sim::simulate(&c, 0),
+                Ok(c) => sim::simulate_probed(&c, 0, caps),
                 Err(e) => unreachable!("policy defaults are valid: {e:?}"),
             }
         })
         .collect();
-    // The oracle looks as far ahead as the longest policy run (at least one full pass).
-    let horizon = results
+    let moved: Vec<u64> = runs
         .iter()
-        .map(|r| r.report.total_time_ns)
-        .max()
-        .unwrap_or(0);
-    let oracle = sim::oracle(ck, 0, horizon, max_total_ns, max_bytes);
+        .filter(|r| r.0.report.status.moved())
+        .map(|r| r.0.report.total_time_ns)
+        .collect();
+    let horizon = moved.iter().copied().max().unwrap_or_else(|| {
+        // Nobody finished: look three full passes ahead.
+        let pass = ck.mem_bytes() as f64 * 8e9 / ck.scenario.link.bandwidth.0;
+        (3.0 * pass) as u64
+    });
+    let mut oracle = sim::oracle(ck, 0, horizon, caps);
+    let mut results = Vec::with_capacity(runs.len());
+    for (r, cand) in runs {
+        if r.report.max_throttle_pct == 0 && r.report.postcopy.is_none() {
+            oracle = Oracle::min(oracle, cand);
+        }
+        results.push(r);
+    }
     Comparison {
         scenario: ck.scenario.name.clone(),
         results,
@@ -248,14 +259,16 @@ pub fn run(a: CompareArgs) -> Result<ExitCode> {
     for p in &a.scenarios {
         cks.push(load_scenario(Some(p), None)?);
     }
-    let max_total = a.oracle_max_time_s.map(|s| (s * 1e9) as u64);
-    let max_bytes = a.oracle_max_gib.map(|g| (g * (1u64 << 30) as f64) as u64);
+    let caps = OracleCaps {
+        max_total_ns: a.oracle_max_time_s.map(|s| (s * 1e9) as u64),
+        max_bytes: a.oracle_max_gib.map(|g| (g * (1u64 << 30) as f64) as u64),
+    };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.jobs.unwrap_or(0))
         .build()?;
     let comps: Vec<Comparison> = pool.install(|| {
         cks.par_iter()
-            .map(|ck| compare(ck, &policies, max_total, max_bytes))
+            .map(|ck| compare(ck, &policies, caps))
             .collect()
     });
     for c in &comps {

@@ -1,40 +1,44 @@
-//! migsim's own policy: estimate the writable working set and the write rate online, and stop
-//! when one more iteration cannot materially shrink what the blackout must send.
+//! migsim's own policy: find the floor of the pending set and stop on it.
 //!
-//! Model: uniform writes at rate D over a working set of W pages touch W(1 − e^(−D·T/W))
-//! distinct pages in time T. After iteration k the pending set has p_k pages; sending it takes
-//! T = p_k · page / bandwidth, after which the pending set is predicted to be
-//! p_{k+1} = Ŵ(1 − e^(−D̂·T/Ŵ)). Estimates: D̂ from the shortest recent iteration (the linear
-//! regime, where distinct ≈ writes), Ŵ as the largest dirty set seen (a lower bound that the long
-//! first pass makes tight). Stop when p_{k+1} > (1 − min_gain) · p_k, when the pending set
-//! stops shrinking for real, when the remainder fits an optional budget, or at `max_rounds`.
+//! Pre-copy shrinks the set of pages a stop would have to send until the guest re-dirties pages
+//! as fast as they go out; from then on more iterations only cost bytes. The floor depends on
+//! the writable working set and the write rate, which this policy does not need to know: it
+//! watches the pending set itself.
+//!
+//! * After the first full pass it syncs the dirty log often (every `sync_every_ms`), so pages
+//!   re-dirtied ahead of the sender go out in the same pass (as QEMU does near convergence),
+//!   and it sees the pending set at a fine grain.
+//! * It keeps the smallest pending set seen. When the sender has sent as many pages as the
+//!   pending set held at its last material improvement (by `min_gain`) without another one,
+//!   one more pass cannot materially shrink the final set: the floor is reached.
+//! * On the floor it stops at the next sync whose pending set is within `floor_tolerance` of the
+//!   minimum (the set fluctuates around the floor), and after one more pass's worth of pages at
+//!   the latest.
+//! * It also stops when nothing is pending, when the remainder fits an optional budget, or at
+//!   `max_rounds` iterations (forced).
 
 use super::*;
 
 pub struct Adaptive {
     spec: AdaptiveSpec,
-    w_hat: f64,
-    d_hat: f64,
-    prev_pending: Option<u64>,
+    /// Smallest pending set seen at a sync after the first pass.
+    best: u64,
+    /// Pending set at the last material improvement, and pages sent by then.
+    gain_ref: u64,
+    sent_at_gain: u64,
+    /// Pages sent when the floor was detected.
+    floor_since: Option<u64>,
 }
 
 impl Adaptive {
     pub fn new(spec: AdaptiveSpec) -> Self {
         Adaptive {
             spec,
-            w_hat: 0.0,
-            d_hat: 0.0,
-            prev_pending: None,
+            best: u64::MAX,
+            gain_ref: u64::MAX,
+            sent_at_gain: 0,
+            floor_since: None,
         }
-    }
-
-    /// Predicted pending pages after one more iteration that sends `pending` pages.
-    pub fn predict_next(&self, pending: u64, page_wire: u64, bw_bps: f64) -> f64 {
-        if self.w_hat <= 0.0 {
-            return 0.0;
-        }
-        let t = pending as f64 * page_wire as f64 * 8.0 / bw_bps;
-        self.w_hat * (1.0 - (-self.d_hat * t / self.w_hat).exp())
     }
 }
 
@@ -42,20 +46,25 @@ impl Policy for Adaptive {
     fn name(&self) -> &'static str {
         "adaptive"
     }
+
+    fn tick_ns(&self) -> Option<u64> {
+        Some((self.spec.sync_every_ms * 1e6).round().max(1.0) as u64)
+    }
+
     fn decide(&mut self, obs: &Observation) -> Decision {
-        if obs.trigger != Trigger::RoundEnd {
-            return Decision::Continue;
+        match obs.trigger {
+            Trigger::Start => return Decision::Continue,
+            // Let the first full pass finish; afterwards harvest often.
+            Trigger::Tick if obs.round == 0 => return Decision::Continue,
+            Trigger::Tick | Trigger::RoundEnd => return Decision::Sync,
+            Trigger::AfterSync => {}
         }
         let pending = obs.pending_pages();
         if pending == 0 {
             return Decision::Stop(StopReason::Converged, "nothing left to send".into());
         }
-        let bw = if obs.round_elapsed_ns > 0 && obs.round_bytes_sent > 0 {
-            obs.round_bytes_sent as f64 * 8e9 / obs.round_elapsed_ns as f64
-        } else {
-            obs.bandwidth_bps
-        };
         if let Some(budget) = self.spec.downtime_budget_ms {
+            let bw = obs.bandwidth_bps.max(1.0);
             let est_ms = obs.pending_bytes() as f64 * 8e3 / bw;
             if est_ms <= budget {
                 return Decision::Stop(
@@ -64,39 +73,47 @@ impl Policy for Adaptive {
                 );
             }
         }
-        // Update the working-set and rate estimates from the iteration that just ended.
-        self.w_hat = self.w_hat.max(obs.dirty_pages as f64);
-        if obs.round_elapsed_ns > 0 {
-            let rate = obs.dirty_pages as f64 * 1e9 / obs.round_elapsed_ns as f64;
-            // The shortest iterations are the least saturated: keep the highest rate seen
-            // recently, decaying old values so phase changes are followed.
-            self.d_hat = rate.max(self.d_hat * 0.5);
-        }
-        let prev = self.prev_pending.replace(pending);
-        if obs.round + 1 >= self.spec.max_rounds {
+        if obs.round >= self.spec.max_rounds {
             return Decision::Stop(
                 StopReason::Forced,
                 format!("round limit {} reached", self.spec.max_rounds),
             );
         }
-        if let Some(p) = prev {
-            if pending as f64 > (1.0 - self.spec.min_gain) * p as f64 {
-                return Decision::Stop(
-                    StopReason::Converged,
-                    format!("pending set stopped shrinking ({p} → {pending} pages)"),
-                );
-            }
+        let sent = obs.total_pages_sent;
+        if self.gain_ref == u64::MAX
+            || (pending as f64) < (1.0 - self.spec.min_gain) * self.gain_ref as f64
+        {
+            self.gain_ref = pending;
+            self.sent_at_gain = sent;
+            self.floor_since = None;
         }
-        let next = self.predict_next(pending, obs.page_wire_bytes, bw);
-        if next > (1.0 - self.spec.min_gain) * pending as f64 {
-            return Decision::Stop(
-                StopReason::Converged,
-                format!(
-                    "one more round would leave ~{next:.0} of {pending} pages (gain < {:.0} %)",
-                    self.spec.min_gain * 100.0
-                ),
-            );
+        self.best = self.best.min(pending);
+        let Some(since) = self.floor_since else {
+            if sent - self.sent_at_gain >= self.gain_ref.max(1) {
+                self.floor_since = Some(sent);
+                if pending as f64 <= self.best as f64 * (1.0 + self.spec.floor_tolerance) {
+                    return self.stop_on_floor(pending);
+                }
+            }
+            return Decision::Continue;
+        };
+        if pending as f64 <= self.best as f64 * (1.0 + self.spec.floor_tolerance)
+            || sent - since >= self.best.max(1)
+        {
+            return self.stop_on_floor(pending);
         }
         Decision::Continue
+    }
+}
+
+impl Adaptive {
+    fn stop_on_floor(&self, pending: u64) -> Decision {
+        Decision::Stop(
+            StopReason::Converged,
+            format!(
+                "pending set on its floor ({pending} pages; lowest seen {})",
+                self.best
+            ),
+        )
     }
 }

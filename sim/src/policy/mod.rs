@@ -530,11 +530,17 @@ impl Default for SimGridSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdaptiveSpec {
-    /// Keep iterating only while a round is predicted to shrink the pending set by this share.
+    /// An improvement of the pending set smaller than this share is not material (0.05).
     #[serde(default = "min_gain")]
     pub min_gain: f64,
-    /// Hard cap on iterations.
-    #[serde(default = "thirty_u32")]
+    /// On the floor, stop when the pending set is within this share of the lowest seen (0.02).
+    #[serde(default = "floor_tolerance")]
+    pub floor_tolerance: f64,
+    /// Dirty-log sync interval after the first pass (20 ms).
+    #[serde(default = "twenty_f")]
+    pub sync_every_ms: f64,
+    /// Hard cap on iterations (syncs).
+    #[serde(default = "adaptive_rounds")]
     pub max_rounds: u32,
     /// Stop as soon as the remainder fits this blackout budget (off by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -544,15 +550,23 @@ pub struct AdaptiveSpec {
 fn min_gain() -> f64 {
     0.05
 }
-fn thirty_u32() -> u32 {
-    30
+fn floor_tolerance() -> f64 {
+    0.02
+}
+fn twenty_f() -> f64 {
+    20.0
+}
+fn adaptive_rounds() -> u32 {
+    10_000
 }
 
 impl Default for AdaptiveSpec {
     fn default() -> Self {
         AdaptiveSpec {
             min_gain: 0.05,
-            max_rounds: 30,
+            floor_tolerance: 0.02,
+            sync_every_ms: 20.0,
+            max_rounds: 10_000,
             downtime_budget_ms: None,
         }
     }

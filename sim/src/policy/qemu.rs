@@ -260,23 +260,27 @@ impl Policy for PostCopy {
     }
     fn decide(&mut self, obs: &Observation) -> Decision {
         let d = self.qemu.decide(obs);
-        if matches!(d, Decision::Stop(..)) || obs.trigger != Trigger::RoundEnd {
+        // QEMU's rule runs the pre-copy; its syncs (round ends or mid-round) are where the
+        // switch is considered. `obs.round` right after a sync counts the finished iterations.
+        if obs.trigger != Trigger::AfterSync || matches!(d, Decision::Stop(..)) {
             return d;
         }
-        if obs.round + 1 >= self.spec.precopy_rounds {
+        if obs.round >= self.spec.precopy_rounds {
             return Decision::PostCopy(format!(
                 "switched to post-copy after {} pre-copy rounds",
-                obs.round + 1
-            ));
-        }
-        if self.spec.switch_on_no_progress
-            && obs.round > 0
-            && obs.dirty_pages >= obs.round_pages_sent
-        {
-            return Decision::PostCopy(format!(
-                "switched to post-copy: round {} dirtied as much as it sent",
                 obs.round
             ));
+        }
+        if self.spec.switch_on_no_progress {
+            if let Some(r) = obs
+                .last_round
+                .filter(|r| r.round > 0 && r.pages_dirtied >= r.pages_sent)
+            {
+                return Decision::PostCopy(format!(
+                    "switched to post-copy: round {} dirtied as much as it sent",
+                    r.round
+                ));
+            }
         }
         d
     }
