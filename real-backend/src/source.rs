@@ -248,6 +248,7 @@ struct Driver<'a> {
     page_buf: Vec<u8>,
     trace: Vec<Bitmap>,
     harvests: Vec<crate::Harvest>,
+    round_start_writes: u64,
     // counters (as in the simulator)
     total_bytes: u64,
     total_pages: u64,
@@ -318,6 +319,7 @@ impl<'a> Driver<'a> {
             self.last_bw
         };
         let dirtied = self.dirty.count();
+        let writes = self.vm.sys.read_u64(CTRL_OFF + ctrl::CONSUMED);
         let est_bw = if bw > 0.0 { bw } else { self.last_bw };
         self.rounds.push(RoundRecord {
             round: self.round,
@@ -330,7 +332,9 @@ impl<'a> Driver<'a> {
             bandwidth_bps: bw,
             est_downtime_ns: transfer_ns((self.send.count() + dirtied) * PAGE_WIRE, est_bw),
             throttle_pct: self.throttle,
+            guest_writes: writes - self.round_start_writes,
         });
+        self.round_start_writes = writes;
         self.last_round = Some(RoundSummary {
             round: self.round,
             duration_ns: dur,
@@ -750,6 +754,7 @@ pub fn migrate(ck: &Checked, opts: &RealOptions) -> Result<RealRun, RealError> {
         page_buf: vec![0u8; PAGE as usize],
         trace: Vec::new(),
         harvests: Vec::new(),
+        round_start_writes: 0,
         total_bytes: 0,
         total_pages: 0,
         zero_sent: 0,
