@@ -54,10 +54,20 @@ pub(crate) struct Hello {
     pub run_after_ms: u64,
     pub one_way_ns: u64,
     pub realtime: bool,
+    /// The scenario's workload and the run's seed (to carry the workload on here).
+    pub workload: Option<(workloads::Workload, u64)>,
 }
 
 fn parse_hello(p: &[u8]) -> Result<Hello, DestError> {
-    let (v, _) = transport::get_u64s(p, 7)?;
+    let (v, rest) = transport::get_u64s(p, 8)?;
+    let workload = std::str::from_utf8(rest)
+        .ok()
+        .and_then(|t| sim::Scenario::from_toml_str(t).ok())
+        .and_then(|sc| sc.check().ok())
+        .map(|ck| {
+            let seed = sim::migration::run_seed(ck.scenario.seed, v[7] as u32);
+            (ck.workload, seed)
+        });
     Ok(Hello {
         ram_bytes: v[0],
         vcpus: v[1],
@@ -67,8 +77,12 @@ fn parse_hello(p: &[u8]) -> Result<Hello, DestError> {
         run_after_ms: v[4],
         one_way_ns: v[5],
         realtime: v[6] != 0,
+        workload,
     })
 }
+
+/// How long the resumed vCPU may keep real-time priority without showing progress.
+const RT_GRACE_NS: u64 = 20_000_000;
 
 /// Reply to the source after the link's one-way delay.
 fn reply(w: &mut TcpStream, one_way_ns: u64, k: u8, p: &[u8]) -> Result<(), DestError> {
@@ -110,6 +124,7 @@ fn serve_inner(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Result<DestRe
     let cpu = vcpus.remove(0).spawn()?;
     reply(w, h.one_way_ns, kind::READY, &[])?;
     let mut last_page_ns = 0u64;
+    let mut feeder_at: Option<(u64, Vec<u64>)> = None;
     loop {
         let (k, p) = read_frame(r)?;
         match k {
@@ -143,7 +158,14 @@ fn serve_inner(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Result<DestRe
                     verify(r, &vm, layout.ram_bytes)?;
                 }
                 let d3 = mono_ns();
-                return resume_and_report(vm, cpu, w, &h, [last_page_ns, d2, d3, d2 - t_state]);
+                return resume_and_report(
+                    vm,
+                    cpu,
+                    w,
+                    &h,
+                    [last_page_ns, d2, d3, d2 - t_state],
+                    feeder_at,
+                );
             }
             kind::RESTORE_FILE => {
                 let path = String::from_utf8_lossy(&p).into_owned();
@@ -155,18 +177,22 @@ fn serve_inner(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Result<DestRe
                     verify(r, &vm, layout.ram_bytes)?;
                 }
                 let d3 = mono_ns();
-                return resume_and_report(vm, cpu, w, &h, [d1, d2, d3, d2 - d1]);
+                return resume_and_report(vm, cpu, w, &h, [d1, d2, d3, d2 - d1], None);
             }
             kind::BARRIER => {
                 // The switchover follows: take real-time priority until the guest runs here.
                 if h.realtime {
                     crate::vstate::vcpu::set_realtime(
                         crate::vstate::vcpu::current_thread(),
-                        Some(1),
+                        Some(3),
                     );
-                    cpu.set_realtime(Some(2));
                 }
                 reply(w, h.one_way_ns, kind::BARRIER_ACK, &[])?
+            }
+            kind::FEEDER => {
+                let (v, _) = transport::get_u64s(&p, 2)?;
+                let (pending, _) = transport::get_u64s(&p[16..], v[1] as usize)?;
+                feeder_at = Some((v[0], pending));
             }
             kind::ABORT => return Err(DestError::Aborted),
             other => {
@@ -248,38 +274,87 @@ fn resume_and_report(
     w: &mut TcpStream,
     h: &Hello,
     t: [u64; 4],
+    feeder_at: Option<(u64, Vec<u64>)>,
 ) -> Result<DestReport, DestError> {
+    let vm = std::sync::Arc::new(vm);
+    // The guest TSC (restored from the source) keeps counting from here.
+    let clock = {
+        let v = cpu.vcpu()?;
+        let tsc = v.msr(crate::vstate::vcpu::MSR_IA32_TSC)?;
+        let at_ns = mono_ns();
+        let khz =
+            v.fd.get_tsc_khz()
+                .map_err(|e| VcpuError::Kvm("KVM_GET_TSC_KHZ", e))?;
+        crate::feeder::TscClock { at_ns, tsc, khz }
+    };
     let hb0 = vm.sys.read_u64(CTRL_OFF + ctrl::HEARTBEAT);
     let w0 = vm.sys.read_u64(CTRL_OFF + ctrl::CONSUMED);
     let t_resume = mono_ns();
-    crate::source::resume_vcpu(&vm, &cpu)?;
+    if h.realtime {
+        // Real-time only until the guest is seen running (this thread sits above the vCPU and
+        // sleeps between polls, so it always gets to lower it again). If the guest has not
+        // shown up within RT_GRACE_NS the vCPU drops back to the fair class: on this nested
+        // host its first KVM_RUN sometimes waits for a kernel helper that a SCHED_FIFO thread
+        // would keep off the CPU (stalls of seconds were seen when two migrations overlapped).
+        cpu.set_realtime(Some(2));
+    }
+    let mut boosted = h.realtime;
+    let resumed = crate::source::resume_vcpu(&vm, &cpu);
     let limit = t_resume + 2_000_000_000;
     let mut d4 = 0;
-    while mono_ns() < limit {
+    while resumed.is_ok() && mono_ns() < limit {
         if vm.sys.read_u64(CTRL_OFF + ctrl::HEARTBEAT) != hb0 {
             d4 = mono_ns();
             break;
         }
-        // Leave the CPU to the vCPU thread (this host may have as few cores as threads).
-        std::thread::yield_now();
-    }
-    if d4 == 0 {
-        let _ = crate::source::pause_vcpu(&vm, &cpu, None);
-        return Err(DestError::Protocol(
-            "the guest made no progress within 2 s of resuming".into(),
-        ));
+        if cpu.has_died() {
+            break;
+        }
+        if boosted && mono_ns() > t_resume + RT_GRACE_NS {
+            cpu.set_realtime(None);
+            boosted = false;
+        }
+        std::thread::sleep(Duration::from_micros(10));
     }
     if h.realtime {
         cpu.set_realtime(None);
         crate::vstate::vcpu::set_realtime(crate::vstate::vcpu::current_thread(), None);
     }
+    resumed?;
+    if d4 == 0 {
+        crate::source::pause_vcpu(&vm, &cpu, None)?;
+        return Err(DestError::Protocol(
+            "the guest made no progress within 2 s of resuming".into(),
+        ));
+    }
+    // Carry the workload on where the source's feeder stopped.
+    let feeder = match (&h.workload, feeder_at) {
+        (Some((w, seed)), Some((guest_ns, pending))) if h.mode == GuestMode::Workload => {
+            let mut stream = workloads::WriteStream::new(w, *seed);
+            stream.advance_to(guest_ns, |_| {});
+            Some(crate::feeder::Feeder::resume(
+                vm.clone(),
+                std::sync::Arc::new(crate::feeder::VmmDirty::new(vm.layout.sys_pages())),
+                stream,
+                clock,
+                mono_ns(),
+                guest_ns,
+                pending,
+                false,
+            ))
+        }
+        _ => None,
+    };
     reply(
         w,
         h.one_way_ns,
         kind::RESUMED,
-        &put_u64s(&[t[0], t[1], t[2].max(t_resume), d4, t[3], hb0, w0]),
+        &put_u64s(&[t[0], t[1], t[2], d4, t[3], hb0, w0]),
     )?;
     std::thread::sleep(Duration::from_millis(h.run_after_ms));
+    if let Some(f) = feeder {
+        f.stop();
+    }
     crate::source::pause_vcpu(&vm, &cpu, None)?;
     let hb1 = vm.sys.read_u64(CTRL_OFF + ctrl::HEARTBEAT);
     let w1 = vm.sys.read_u64(CTRL_OFF + ctrl::CONSUMED);

@@ -66,7 +66,18 @@ pub struct Feeder {
     stop: Arc<AtomicBool>,
     /// Share of guest time taken away, in parts per million (throttle or dirty-rate limit).
     pub throttle_ppm: Arc<AtomicU32>,
-    handle: Option<JoinHandle<Vec<u64>>>,
+    handle: Option<JoinHandle<FeederEnd>>,
+}
+
+/// Where a stopped feeder left the workload.
+#[derive(Debug, Default)]
+pub struct FeederEnd {
+    /// The pages fed, in order (when recording).
+    pub recorded: Vec<u64>,
+    /// Guest time up to which the stream was advanced.
+    pub guest_ns: u64,
+    /// Pages drawn from the stream but not yet in the ring (the ring was full).
+    pub pending: Vec<u64>,
 }
 
 impl Feeder {
@@ -80,18 +91,46 @@ impl Feeder {
         start_ns: u64,
         record: bool,
     ) -> Feeder {
+        let stream = WriteStream::new(workload, seed);
+        Self::resume(
+            vm,
+            vmm_dirty,
+            stream,
+            clock,
+            start_ns,
+            0,
+            Vec::new(),
+            record,
+        )
+    }
+
+    /// Continue a workload whose `stream` has been advanced to guest time `guest_ns`, from
+    /// monotonic time `wall_ns`, first feeding `pending` pages (the destination does this after
+    /// a switchover).
+    #[allow(clippy::too_many_arguments)]
+    pub fn resume(
+        vm: Arc<Vm>,
+        vmm_dirty: Arc<VmmDirty>,
+        mut stream: WriteStream,
+        clock: TscClock,
+        wall_ns: u64,
+        guest_ns: u64,
+        pending: Vec<u64>,
+        record: bool,
+    ) -> Feeder {
         let stop = Arc::new(AtomicBool::new(false));
         let throttle = Arc::new(AtomicU32::new(0));
         let (s2, t2) = (stop.clone(), throttle.clone());
-        let mut stream = WriteStream::new(workload, seed);
+        let first_dl = clock.tsc_at(wall_ns);
         let handle = std::thread::Builder::new()
             .name("feeder".into())
             .spawn(move || {
                 let mut recorded = Vec::new();
-                let mut pending: VecDeque<(u64, u64)> = VecDeque::new();
+                let mut pending: VecDeque<(u64, u64)> =
+                    pending.into_iter().map(|p| (first_dl, p)).collect();
                 let mut produced = vm.sys.read_u64(CTRL_OFF + ctrl::PRODUCED);
-                let mut fed_ns = start_ns;
-                let (mut anchor_wall, mut anchor_guest, mut ppm) = (start_ns, 0u64, 0u64);
+                let mut fed_ns = wall_ns;
+                let (mut anchor_wall, mut anchor_guest, mut ppm) = (wall_ns, guest_ns, 0u64);
                 while !s2.load(Ordering::Acquire) {
                     let p = (t2.load(Ordering::Acquire) as u64).min(990_000);
                     if p != ppm {
@@ -135,7 +174,12 @@ impl Feeder {
                     }
                     std::thread::sleep(std::time::Duration::from_micros(500));
                 }
-                recorded
+                FeederEnd {
+                    recorded,
+                    guest_ns: anchor_guest
+                        + fed_ns.saturating_sub(anchor_wall) * (1_000_000 - ppm) / 1_000_000,
+                    pending: pending.into_iter().map(|e| e.1).collect(),
+                }
             });
         Feeder {
             stop,
@@ -144,8 +188,8 @@ impl Feeder {
         }
     }
 
-    /// Stop feeding; returns the page sequence emitted (when recording).
-    pub fn stop(mut self) -> Vec<u64> {
+    /// Stop feeding; returns where the workload stands.
+    pub fn stop(mut self) -> FeederEnd {
         self.stop.store(true, Ordering::Release);
         self.handle
             .take()

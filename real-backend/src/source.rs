@@ -206,7 +206,7 @@ pub(crate) fn expect(rx: &FrameRx, want: u8, timeout: Duration) -> Result<Vec<u8
 }
 
 pub(crate) fn hello(ck: &Checked, opts: &RealOptions, vcpus: u64, one_way_ns: u64) -> Vec<u8> {
-    put_u64s(&[
+    let mut p = put_u64s(&[
         ck.mem_bytes(),
         vcpus,
         opts.mode.as_u8() as u64,
@@ -214,7 +214,11 @@ pub(crate) fn hello(ck: &Checked, opts: &RealOptions, vcpus: u64, one_way_ns: u6
         opts.run_after_ms,
         one_way_ns,
         opts.realtime_switchover as u64,
-    ])
+        opts.replicate as u64,
+    ]);
+    // The scenario itself, so the destination can carry the workload on.
+    p.extend_from_slice(ck.scenario.to_toml().as_bytes());
+    p
 }
 
 enum Outcome {
@@ -576,10 +580,15 @@ impl<'a> Driver<'a> {
         if let Some(d) = self.dest.take() {
             d.reap(Duration::from_secs(2));
         }
+        // Alive = the heartbeat moves (within 2 s: this host can keep a resumed vCPU from
+        // running for tens of milliseconds).
         let hb0 = self.vm.sys.read_u64(CTRL_OFF + ctrl::HEARTBEAT);
-        std::thread::sleep(Duration::from_millis(20));
-        let hb1 = self.vm.sys.read_u64(CTRL_OFF + ctrl::HEARTBEAT);
-        let alive = hb1 > hb0;
+        let t = Instant::now();
+        let mut alive = false;
+        while !alive && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(1));
+            alive = self.vm.sys.read_u64(CTRL_OFF + ctrl::HEARTBEAT) != hb0;
+        }
         let mut check = None;
         if pause_vcpu(&self.vm, &self.cpu, None).is_ok() {
             if self.opts.mode == GuestMode::Check {
@@ -915,7 +924,8 @@ fn stop_and_copy(
             target_pps,
         ));
     }
-    let writes_fed = d.feeder.take().map(|f| f.stop()).unwrap_or_default();
+    let fed = d.feeder.take().map(|f| f.stop());
+    let writes_fed = fed.as_ref().map(|f| f.recorded.clone()).unwrap_or_default();
     let rt = d.opts.realtime_switchover;
     let me = crate::vstate::vcpu::current_thread();
     if rt {
@@ -1007,6 +1017,11 @@ fn stop_and_copy(
         );
     }
     let mut verify = Ok(());
+    if let (true, Some(f)) = (sent.is_ok(), &fed) {
+        let mut p = vec![f.guest_ns, f.pending.len() as u64];
+        p.extend_from_slice(&f.pending);
+        sent = d.link.send(kind::FEEDER, &put_u64s(&p)).map(|_| ());
+    }
     if sent.is_ok() {
         sent = d.link.send(kind::STATE, &saved).map(|_| ());
     }

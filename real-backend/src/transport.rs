@@ -63,6 +63,9 @@ pub mod kind {
     /// src→dst: answer with BARRIER_ACK once everything before it has been applied.
     pub const BARRIER: u8 = 11;
     pub const BARRIER_ACK: u8 = 12;
+    /// src→dst: where the workload feeder stopped (guest time, pending pages), so the
+    /// destination's feeder carries the same workload on after the switchover.
+    pub const FEEDER: u8 = 13;
 }
 
 /// Page word flags.

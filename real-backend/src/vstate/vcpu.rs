@@ -143,6 +143,7 @@ impl Vcpu {
             cv: Condvar::new(),
             stop: AtomicBool::new(true),
             vcpu: Mutex::new(self),
+            tid: std::sync::atomic::AtomicI32::new(0),
         });
         let sh = shared.clone();
         let handle = std::thread::Builder::new()
@@ -202,6 +203,8 @@ struct Shared {
     /// Raised to make the run loop return to userspace and park.
     stop: AtomicBool,
     vcpu: Mutex<Vcpu>,
+    /// Kernel thread id of the vCPU thread (for `setpriority`).
+    tid: std::sync::atomic::AtomicI32,
 }
 
 struct Ctl {
@@ -242,6 +245,8 @@ pub fn current_thread() -> libc::pthread_t {
 }
 
 fn vcpu_thread(sh: &Shared) {
+    // SAFETY: gettid has no preconditions.
+    sh.tid.store(unsafe { libc::gettid() }, Ordering::Release);
     // Bind the vCPU to this thread: one KVM_RUN that returns at once.
     if let Ok(mut v) = sh.vcpu.lock() {
         v.fd.set_kvm_immediate_exit(1);
@@ -388,6 +393,17 @@ impl VcpuThread {
     pub fn set_realtime(&self, prio: Option<i32>) {
         if let Some(h) = &self.handle {
             set_realtime(h.as_pthread_t(), prio);
+        }
+    }
+
+    /// Set the vCPU thread's nice value (a softer boost than [`VcpuThread::set_realtime`]: the
+    /// thread stays in the fair class, so kernel helpers KVM needs on its CPU still run).
+    pub fn set_nice(&self, nice: i32) {
+        let tid = self.shared.tid.load(Ordering::Acquire);
+        if tid > 0 {
+            // SAFETY: plain syscall on a thread id of this process; failure only leaves the
+            // priority unchanged.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
         }
     }
 
