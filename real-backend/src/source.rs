@@ -928,8 +928,14 @@ fn stop_and_copy(
     let writes_fed = fed.as_ref().map(|f| f.recorded.clone()).unwrap_or_default();
     let rt = d.opts.realtime_switchover;
     let me = crate::vstate::vcpu::current_thread();
+    // The delay-line thread (alive until `drain` below ends it) gets the sender's priority
+    // for the rest of its life.
+    let set_vmm_rt = |prio: Option<i32>| crate::vstate::vcpu::set_realtime(me, prio);
     if rt {
-        crate::vstate::vcpu::set_realtime(me, Some(1));
+        set_vmm_rt(Some(1));
+        if let Some(t) = d.link.delay_thread() {
+            crate::vstate::vcpu::set_realtime(t, Some(1));
+        }
         d.cpu.set_realtime(Some(2));
     }
     // Blackout starts: pause the vCPU.
@@ -1041,7 +1047,7 @@ fn stop_and_copy(
         Ok(p) => p,
         Err(why) => {
             if rt {
-                crate::vstate::vcpu::set_realtime(me, None);
+                set_vmm_rt(None);
             }
             if why.contains("digest") {
                 verify = Err(why.clone());
@@ -1061,7 +1067,7 @@ fn stop_and_copy(
         }
     };
     if rt {
-        crate::vstate::vcpu::set_realtime(me, None);
+        set_vmm_rt(None);
     }
     let (v, _) = transport::get_u64s(&p, 7).map_err(|e| SourceError::Integrity(e.to_string()))?;
     let (d1, d2, d3, d4, _load_ns, hb_resume, w_resume) =

@@ -154,8 +154,8 @@ pub fn sleep_until(t: u64) {
             return;
         }
         let left = t - now;
-        if left > 300_000 {
-            std::thread::sleep(Duration::from_nanos(left - 200_000));
+        if left > 80_000 {
+            std::thread::sleep(Duration::from_nanos(left - 60_000));
         } else {
             std::hint::spin_loop();
         }
@@ -339,6 +339,17 @@ impl PacedSender {
 
     pub fn one_way_ns(&self) -> u64 {
         self.one_way_ns
+    }
+
+    /// The delay-line thread, if any (to give it the same priority as the sender).
+    pub fn delay_thread(&self) -> Option<libc::pthread_t> {
+        use std::os::unix::thread::JoinHandleExt;
+        match &self.out {
+            Out::Delayed {
+                thread: Some(t), ..
+            } => Some(t.as_pthread_t()),
+            _ => None,
+        }
     }
 }
 
