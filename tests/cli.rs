@@ -115,3 +115,43 @@ fn invalid_scenario_exits_2_naming_every_bad_field() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/x.toml"));
 }
+
+#[test]
+fn compare_writes_a_row_per_policy_with_the_oracle_and_rejects_unknown_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.toml");
+    let text =
+        run_ok(&["scenario", "--default"]).replace("memory = \"4 GiB\"", "memory = \"512 MiB\"");
+    std::fs::write(&p, text).unwrap();
+    let out_dir = dir.path().join("cmp");
+    let table = run_ok(&[
+        "compare",
+        p.to_str().unwrap(),
+        "--policies",
+        "qemu,xen-legacy,adaptive",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(table.contains("oracle"), "{table}");
+    let csv = std::fs::read_to_string(out_dir.join("compare.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let rows: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    let col = |n: &str| header.iter().position(|h| *h == n).unwrap();
+    for r in &rows {
+        let dt: f64 = r[col("downtime_ns")].parse().unwrap();
+        let o: f64 = r[col("oracle_downtime_ns")].parse().unwrap();
+        let ratio: f64 = r[col("downtime_vs_oracle")].parse().unwrap();
+        assert!(o <= dt, "{r:?}");
+        assert!((ratio - dt / o).abs() < 1e-5);
+    }
+    let bad = migsim()
+        .args(["compare", "--policies", "qemu,warp-drive"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown policy `warp-drive`"));
+}

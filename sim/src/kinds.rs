@@ -5,7 +5,7 @@ use crate::engine::Nanos;
 use crate::metrics::{Downtime, RunReport, RunResult, Status};
 use crate::migration::{simulate_live, transfer_ns};
 use crate::scenario::{
-    Checked, MigrationSpec, QuickSpec, Scenario, SwitchoverSpec, TransferSpec, VmSpec,
+    Checked, MigrationSpec, Mode, QuickSpec, Scenario, SwitchoverSpec, TransferSpec, VmSpec,
 };
 
 fn ms_ns(ms: f64) -> Nanos {
@@ -159,7 +159,11 @@ fn storage(ck: &Checked, replicate: u32, st: &crate::scenario::StorageSpec) -> R
 /// Simulate one migration of a checked scenario, whatever its kind.
 pub fn simulate(ck: &Checked, replicate: u32) -> RunResult {
     match &ck.scenario.migration {
-        MigrationSpec::Live => simulate_live(ck, replicate),
+        MigrationSpec::Live => match ck.scenario.mode {
+            Mode::Exact => simulate_live(ck, replicate),
+            Mode::Fluid => crate::fluid::simulate_fluid(ck, replicate, false),
+            Mode::Analytic => crate::fluid::simulate_fluid(ck, replicate, true),
+        },
         MigrationSpec::Quick(q) => quick(ck, replicate, q),
         MigrationSpec::Offline(o) => offline(ck, replicate, o),
         MigrationSpec::Storage(st) => storage(ck, replicate, st),

@@ -11,6 +11,7 @@
 
 pub mod bitmap;
 pub mod engine;
+pub mod fluid;
 pub mod kinds;
 pub mod metrics;
 pub mod migration;

@@ -30,6 +30,25 @@ pub struct Scenario {
     pub transfer: TransferSpec,
     #[serde(default, skip_serializing_if = "MigrationSpec::is_live")]
     pub migration: MigrationSpec,
+    /// `exact` (page-level ground truth), `fluid` (expected dirty counts, O(iterations)) or
+    /// `analytic` (the textbook geometric model: no writable working set).
+    #[serde(default, skip_serializing_if = "Mode::is_exact")]
+    pub mode: Mode,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Exact,
+    Fluid,
+    Analytic,
+}
+
+impl Mode {
+    pub fn is_exact(&self) -> bool {
+        *self == Mode::Exact
+    }
 }
 
 /// Data-reduction and parallel-transfer options (QEMU capabilities), usable with any policy.
@@ -421,6 +440,7 @@ impl Scenario {
             limits: LimitsSpec::default(),
             transfer: TransferSpec::default(),
             migration: MigrationSpec::Live,
+            mode: Mode::Exact,
         }
     }
 
@@ -533,6 +553,20 @@ impl Scenario {
         errs.extend(self.policy.check("policy"));
         self.check_transfer(&mut errs);
         self.check_migration(&mut errs);
+        if !self.mode.is_exact() {
+            if matches!(self.policy, PolicySpec::Postcopy(_)) {
+                errs.push(FieldError::new(
+                    "mode",
+                    "post-copy is only modelled in exact mode",
+                ));
+            }
+            if self.transfer.xbzrle.is_some() {
+                errs.push(FieldError::new(
+                    "mode",
+                    "XBZRLE is only modelled in exact mode",
+                ));
+            }
+        }
         let mut workload = None;
         if mem > 0 && page_ok && mem.is_multiple_of(page_size) {
             match self.workload.check(mem / page_size, page_size, "workload") {

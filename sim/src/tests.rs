@@ -3,6 +3,7 @@
 use crate::metrics::{self, Status};
 use crate::migration::transfer_ns;
 use crate::policy::*;
+use crate::scenario::Mode;
 use crate::scenario::*;
 use crate::simulate;
 use workloads::spec::{IdleSpec, ScanSpec, UniformSpec};
@@ -394,4 +395,150 @@ fn default_scenario_round_trips_through_toml() {
     let s = Scenario::default_scenario();
     let back = Scenario::from_toml_str(&s.to_toml()).unwrap();
     assert_eq!(s, back);
+}
+
+/// A deliberately naive model of round-by-round pre-copy (a `Vec<bool>` per bitmap, one page at
+/// a time), to check the engine's word-level bookkeeping on small VMs.
+fn naive_rounds(s: &Scenario, passes: u32) -> (Vec<(u64, u64)>, u64, u64) {
+    let ck = s.clone().check().unwrap();
+    let n = ck.mem_pages as usize;
+    let wire = ck.page_size + s.link.page_header_bytes;
+    let bw = s.link.bandwidth.0;
+    let one_way = (s.link.rtt_ms * 1e6 / 2.0).round() as u64;
+    let gib = ck.mem_bytes() as f64 / (1u64 << 30) as f64;
+    let sync_cost = |dirty: u64| {
+        let d = &s.dirty_log;
+        ((d.sync_fixed_us * 1e3
+            + d.sync_us_per_gib * 1e3 * gib
+            + d.sync_ns_per_dirty_page * dirty as f64)
+            .round() as u64)
+            .max(1_000)
+    };
+    let mut stream =
+        workloads::WriteStream::new(&ck.workload, crate::migration::run_seed(s.seed, 0));
+    let mut send = vec![true; n];
+    let mut dirty = vec![false; n];
+    let mut sent_before = vec![false; n];
+    let mut resent = 0u64;
+    let mut ready = 2 * one_way;
+    let mut rounds = Vec::new();
+    for pass in 0..passes {
+        let pages: Vec<usize> = (0..n).filter(|&i| send[i]).collect();
+        for &p in &pages {
+            send[p] = false;
+            resent += sent_before[p] as u64;
+            sent_before[p] = true;
+        }
+        let end = ready + transfer_ns(pages.len() as u64 * wire, bw);
+        stream.advance_to(end, |p| dirty[p as usize] = true);
+        let dirtied = dirty.iter().filter(|&&d| d).count() as u64;
+        rounds.push((pages.len() as u64, dirtied));
+        if pass + 1 == passes {
+            break;
+        }
+        for i in 0..n {
+            if dirty[i] {
+                send[i] = true;
+                dirty[i] = false;
+            }
+        }
+        ready = end + sync_cost(dirtied);
+    }
+    let final_pages = (0..n).filter(|&i| send[i] || dirty[i]).count() as u64;
+    for i in 0..n {
+        if send[i] || dirty[i] {
+            resent += sent_before[i] as u64;
+        }
+    }
+    (rounds, final_pages, resent)
+}
+
+#[test]
+fn engine_matches_a_naive_per_page_model_on_small_vms() {
+    let workloads = [
+        WorkloadSpec::Uniform(UniformSpec {
+            wss: ByteSize(3 * MIB),
+            rate_pps: 30_000.0,
+            offset: ByteSize(MIB),
+        }),
+        WorkloadSpec::Zipf(workloads::spec::ZipfSpec {
+            wss: ByteSize(8 * MIB),
+            rate_pps: 20_000.0,
+            exponent: 0.9,
+            offset: ByteSize(0),
+        }),
+        WorkloadSpec::Scan(ScanSpec {
+            wss: Some(ByteSize(5 * MIB)),
+            rate_pps: 9_000.0,
+            offset: ByteSize(2 * MIB),
+        }),
+    ];
+    for (i, w) in workloads.into_iter().enumerate() {
+        for bw in [1e8, 1e9] {
+            let mut s = base(
+                12,
+                w.clone(),
+                PolicySpec::FixedPasses(FixedPassesSpec {
+                    passes: 6,
+                    stop_below: ByteSize(0),
+                }),
+            );
+            s.link.bandwidth = Bandwidth(bw);
+            s.seed = 40 + i as u64;
+            let res = simulate(&s.clone().check().unwrap(), 0);
+            let passes = res.report.rounds;
+            let (naive, final_pages, resent) = naive_rounds(&s, passes);
+            let engine: Vec<(u64, u64)> = res
+                .rounds
+                .iter()
+                .map(|r| (r.pages_sent, r.pages_dirtied))
+                .collect();
+            assert_eq!(engine, naive, "workload {i} at {bw} bit/s");
+            assert_eq!(res.report.final_pages, final_pages);
+            assert_eq!(res.report.pages_resent, resent);
+        }
+    }
+}
+
+#[test]
+fn fluid_mode_tracks_the_exact_engine_on_round_based_policies() {
+    // No writes: both modes must agree to the nanosecond-rounding level.
+    let mut s = base(
+        256,
+        idle0(),
+        PolicySpec::Hyperv2008R2(HypervSpec::default()),
+    );
+    let exact = simulate(&s.clone().check().unwrap(), 0).report;
+    s.mode = Mode::Fluid;
+    let fluid = simulate(&s.clone().check().unwrap(), 0).report;
+    assert_eq!(fluid.backend, "fluid");
+    assert!(
+        fluid.total_time_ns.abs_diff(exact.total_time_ns) < 1_000,
+        "{} vs {}",
+        fluid.total_time_ns,
+        exact.total_time_ns
+    );
+    assert_eq!(fluid.rounds, exact.rounds);
+    // A converging uniform workload: per-round dirty counts follow W(1 − e^(−n/W)).
+    let w = WorkloadSpec::Uniform(UniformSpec {
+        wss: ByteSize(64 * MIB),
+        rate_pps: 8000.0,
+        offset: ByteSize(0),
+    });
+    let mut s = base(1024, w, PolicySpec::Hyperv2008R2(HypervSpec::default()));
+    let exact = simulate(&s.clone().check().unwrap(), 0);
+    s.mode = Mode::Fluid;
+    let fluid = simulate(&s.clone().check().unwrap(), 0);
+    let rel = |a: u64, b: u64| (a as f64 - b as f64).abs() / b as f64;
+    assert!(rel(fluid.report.total_time_ns, exact.report.total_time_ns) < 0.02);
+    for (f, e) in fluid.rounds.iter().zip(&exact.rounds).take(3) {
+        assert!(
+            rel(f.pages_dirtied, e.pages_dirtied) < 0.03,
+            "{f:?} vs {e:?}"
+        );
+    }
+    // The geometric model ignores the working set, so it overestimates the dirty set.
+    s.mode = Mode::Analytic;
+    let an = simulate(&s.check().unwrap(), 0);
+    assert!(an.rounds[0].pages_dirtied > 2 * exact.rounds[0].pages_dirtied);
 }

@@ -4,11 +4,18 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod bench;
+mod check;
 mod compare;
+mod crosscheck;
+mod manifest;
+mod merge;
 pub mod output;
+mod plot;
 mod real;
 mod run;
 mod scenario_cmd;
+mod sweep;
+mod table;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,8 +36,18 @@ enum Command {
     Scenario(scenario_cmd::ScenarioArgs),
     /// Run several policies on the identical write trace and compare them with the oracle.
     Compare(compare::CompareArgs),
+    /// Compare fluid and analytic mode with the exact engine on a generated grid.
+    Crosscheck(crosscheck::CrosscheckArgs),
     /// Measure the simulator's speed on reference cases (prints a table).
     Bench(bench::BenchArgs),
+    /// Run a parameter sweep (cartesian product of scenario variations), resumably.
+    Sweep(sweep::SweepArgs),
+    /// Merge the shard directories of one sweep.
+    Merge(merge::MergeArgs),
+    /// Draw plots (SVG/PNG) from a results directory.
+    Plot(plot::PlotArgs),
+    /// Check downtime budgets: exit 0 when all hold, 1 when any is exceeded, 2 on a bad file.
+    Check(check::CheckArgs),
     /// Migrate a real KVM guest running the scenario's workload (live, or --quick).
     Real(real::RealArgs),
     /// The destination VMM process of `migsim real` (internal).
@@ -48,6 +65,11 @@ pub fn main() -> ExitCode {
         Command::Scenario(a) => scenario_cmd::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::Crosscheck(a) => crosscheck::run(a),
+        Command::Sweep(a) => sweep::run(a),
+        Command::Merge(a) => merge::run(a),
+        Command::Plot(a) => plot::run(a),
+        Command::Check(a) => check::run(a),
         Command::Real(a) => real::run(a),
         Command::Dest(a) => real::dest(a),
     };

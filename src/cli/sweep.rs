@@ -1,0 +1,1208 @@
+//! `migsim sweep`: run the cartesian product of scenario variations, resumably.
+//!
+//! ```text
+//!  spec.toml ──parse──> SweepSpec (base scenario as toml::Table + axes)
+//!      └─expand──> Plan: points (concrete scenario, checked or failed) × replicates = runs
+//!                    run_id = index in the plan, point_id = hash(canonical TOML, replicate)
+//!  results/<name>/  runs.csv  rounds.csv  manifest.json  [plots/]
+//!      appended one batch at a time, in plan order; a rerun skips finished run ids
+//! ```
+//!
+//! Every point is turned into a concrete scenario by editing the base as a `toml::Value` and
+//! deserialising it like any scenario file, so a sweep can vary any field the scenario format
+//! has, including ones added after this code was written.
+
+use super::manifest;
+use super::output::write_atomic;
+use super::table::{complete_lines, fnv1a64, Table};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Deserialize;
+use sim::metrics::{self, csv_field, fmt_f64, RunResult, RUNS_HEADER};
+use sim::policy::PolicySpec;
+use sim::Scenario;
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Columns the harness appends to `RUNS_HEADER`, before the `param_*` columns.
+pub const HARNESS_COLUMNS: &[&str] = &["point_id", "write_rate_pps"];
+
+/// Refuse plans larger than this many runs (a typo in a range can otherwise ask for billions).
+const MAX_RUNS: usize = 50_000_000;
+
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    /// Sweep spec (TOML): `[sweep]` name/replicates/base, optional `[base]`, and `[axes]`.
+    pub spec: PathBuf,
+    /// Worker threads (default: all cores). Output is identical for every value.
+    #[arg(short = 'j', long = "jobs")]
+    pub jobs: Option<usize>,
+    /// Output directory (default `results/<name>`, or `results/<name>/shards/<i>-of-<N>` with
+    /// `--shard`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Run only shard I of N (1-based; runs are assigned by their point id), e.g. `--shard
+    /// $SLURM_ARRAY_TASK_ID/16`. Combine the shards with `migsim merge`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Discard existing results in the output directory instead of resuming.
+    #[arg(long)]
+    pub fresh: bool,
+    /// No progress bar (it is also hidden when stderr is not a terminal).
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Expand the spec and report the points (and every invalid one) without running anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the concrete scenario of one run id as TOML and exit.
+    #[arg(long, value_name = "RUN_ID")]
+    pub show: Option<usize>,
+    /// Skip the plots listed in the spec's `[sweep] plots`.
+    #[arg(long)]
+    pub no_plots: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spec
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct SpecFile {
+    sweep: SweepSection,
+    #[serde(default)]
+    base: Option<toml::Table>,
+    #[serde(default)]
+    axes: BTreeMap<String, toml::Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct SweepSection {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "one")]
+    replicates: u32,
+    /// Base scenario file, relative to the spec file.
+    #[serde(default)]
+    base: Option<PathBuf>,
+    /// Plot kinds to draw into `<out>/plots/` when the sweep completes.
+    #[serde(default)]
+    plots: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One swept field: a dotted scenario path and its values (with the label used in the
+/// `param_<path>` column).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Axis {
+    pub path: String,
+    pub values: Vec<(String, toml::Value)>,
+}
+
+/// A parsed sweep spec.
+#[derive(Clone, Debug)]
+pub struct SweepSpec {
+    pub name: String,
+    pub description: String,
+    pub replicates: u32,
+    pub base: toml::Table,
+    pub axes: Vec<Axis>,
+    pub plots: Vec<String>,
+    /// The spec file's text, kept for the manifest.
+    pub text: String,
+    pub path: PathBuf,
+}
+
+/// Read and validate a sweep spec; every error names the field (`axes."link.bandwidth"[1]`).
+pub fn load_spec(path: &Path) -> Result<SweepSpec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read sweep spec {}", path.display()))?;
+    parse_spec(&text, path).with_context(|| format!("invalid sweep spec {}", path.display()))
+}
+
+pub fn parse_spec(text: &str, path: &Path) -> Result<SweepSpec> {
+    let f: SpecFile = sim::scenario::from_toml(text).map_err(anyhow::Error::msg)?;
+    let s = f.sweep;
+    if s.name.is_empty() || s.name.contains(['/', '\\']) || s.name.starts_with('.') {
+        bail!(
+            "sweep.name: must be a plain directory name, got `{}`",
+            s.name
+        );
+    }
+    if s.replicates == 0 {
+        bail!("sweep.replicates: must be at least 1");
+    }
+    for k in &s.plots {
+        if !super::plot::KINDS.contains(&k.as_str()) {
+            bail!(
+                "sweep.plots: unknown plot kind `{k}` (known: {})",
+                super::plot::KINDS.join(", ")
+            );
+        }
+    }
+    let mut axes: Vec<(usize, Axis)> = Vec::new();
+    for (key, v) in f.axes {
+        let at = v.span().start;
+        let field = format!("axes.\"{key}\"");
+        check_path(&key).map_err(|e| anyhow::anyhow!("{field}: {e}"))?;
+        let values =
+            axis_values(&key, v.into_inner()).map_err(|e| anyhow::anyhow!("{field}{e}"))?;
+        axes.push((at, Axis { path: key, values }));
+    }
+    let base = match (s.base, f.base) {
+        (Some(_), Some(_)) => {
+            bail!("sweep.base: give either a base file or a [base] table, not both")
+        }
+        (Some(p), None) => {
+            let full = path.parent().unwrap_or(Path::new(".")).join(&p);
+            let t = std::fs::read_to_string(&full)
+                .with_context(|| format!("sweep.base: failed to read {}", full.display()))?;
+            toml::from_str::<toml::Table>(&t)
+                .with_context(|| format!("sweep.base: {} is not valid TOML", full.display()))?
+        }
+        (None, Some(t)) => t,
+        (None, None) => bail!("sweep.base: missing (give a scenario file or a [base] table)"),
+    };
+    // The file's order, so that the last axis written varies fastest.
+    axes.sort_by_key(|a| a.0);
+    Ok(SweepSpec {
+        name: s.name,
+        description: s.description,
+        replicates: s.replicates,
+        base,
+        axes: axes.into_iter().map(|a| a.1).collect(),
+        plots: s.plots,
+        text: text.to_string(),
+        path: path.to_path_buf(),
+    })
+}
+
+fn check_path(p: &str) -> Result<(), String> {
+    if p.split('.').any(|s| s.is_empty()) {
+        return Err("must be a dotted path such as `link.bandwidth`".into());
+    }
+    Ok(())
+}
+
+/// Expand one axis value into labelled values. Errors start with the suffix of the field path.
+fn axis_values(path: &str, v: toml::Value) -> Result<Vec<(String, toml::Value)>, String> {
+    use toml::Value as V;
+    let is_policy = path == "policy" || path == "policy.kind";
+    match v {
+        V::String(s) if is_policy && s == "all" => {
+            let mut out: Vec<(String, toml::Value)> = Vec::new();
+            for p in PolicySpec::all_defaults() {
+                if path == "policy" {
+                    // Every default variant, labelled so that variants of one kind stay apart
+                    // (`qemu`, `qemu-auto-converge`). Serialising plain data cannot fail.
+                    let v = toml::Value::try_from(&p).expect("policy serialises to TOML");
+                    out.push((p.label(), v));
+                } else if out.iter().all(|(l, _)| l != p.name()) {
+                    // `policy.kind` can only name kinds: one entry per kind.
+                    out.push((p.name().to_string(), V::String(p.name().to_string())));
+                }
+            }
+            Ok(out)
+        }
+        V::Array(items) => {
+            if items.is_empty() {
+                return Err(": must list at least one value".into());
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| labelled(item).map_err(|e| format!("[{i}]: {e}")))
+                .collect()
+        }
+        V::Table(t) if t.contains_key("from") => range(&t).map_err(|e| format!(": {e}")),
+        other => Err(format!(
+            ": must be a list of values, a range table {{ from, to, steps | step, scale }}{}, got {}",
+            if is_policy { ", or \"all\"" } else { "" },
+            other.type_str()
+        )),
+    }
+}
+
+/// A list item; a table may carry a `label` key naming it in the `param_*` column.
+fn labelled(v: toml::Value) -> Result<(String, toml::Value), String> {
+    match v {
+        toml::Value::Table(mut t) => match t.remove("label") {
+            Some(toml::Value::String(l)) => Ok((l, toml::Value::Table(t))),
+            Some(other) => Err(format!("label: must be a string, got {}", other.type_str())),
+            None => {
+                let v = toml::Value::Table(t);
+                Ok((render_value(&v), v))
+            }
+        },
+        v => Ok((render_value(&v), v)),
+    }
+}
+
+fn range(t: &toml::Table) -> Result<Vec<(String, toml::Value)>, String> {
+    const KEYS: &[&str] = &["from", "to", "steps", "step", "scale"];
+    if let Some(k) = t.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown range key `{k}` (expected one of {})",
+            KEYS.join(", ")
+        ));
+    }
+    let num = |k: &str| -> Result<(f64, bool), String> {
+        match t.get(k) {
+            Some(toml::Value::Integer(i)) => Ok((*i as f64, true)),
+            Some(toml::Value::Float(f)) if f.is_finite() => Ok((*f, false)),
+            Some(other) => Err(format!("{k}: must be a finite number, got {other}")),
+            None => Err(format!("{k}: missing")),
+        }
+    };
+    let (from, fi) = num("from")?;
+    let (to, ti) = num("to")?;
+    let integer = fi && ti;
+    let log = match t.get("scale") {
+        None => false,
+        Some(toml::Value::String(s)) if s == "linear" => false,
+        Some(toml::Value::String(s)) if s == "log" => true,
+        Some(other) => return Err(format!("scale: must be \"linear\" or \"log\", got {other}")),
+    };
+    let xs: Vec<f64> = match (t.get("steps"), t.get("step")) {
+        (Some(_), Some(_)) => return Err("give either steps or step, not both".into()),
+        (Some(toml::Value::Integer(n)), None) if *n >= 1 && *n <= 1_000_000 => {
+            let n = *n as usize;
+            if log && (from <= 0.0 || to <= 0.0) {
+                return Err("scale = \"log\" needs from and to > 0".into());
+            }
+            (0..n)
+                .map(|i| {
+                    let f = if n == 1 {
+                        0.0
+                    } else {
+                        i as f64 / (n - 1) as f64
+                    };
+                    if log {
+                        (from.ln() + (to.ln() - from.ln()) * f).exp()
+                    } else {
+                        from + (to - from) * f
+                    }
+                })
+                .collect()
+        }
+        (Some(other), None) => {
+            return Err(format!(
+                "steps: must be an integer in 1..=1000000, got {other}"
+            ))
+        }
+        (None, Some(s)) => {
+            if log {
+                return Err(
+                    "step: a fixed step needs scale = \"linear\"; use steps with log".into(),
+                );
+            }
+            let step = match s {
+                toml::Value::Integer(i) => *i as f64,
+                toml::Value::Float(f) => *f,
+                other => return Err(format!("step: must be a number, got {other}")),
+            };
+            if !(step.is_finite() && step > 0.0) {
+                return Err(format!("step: must be > 0, got {step}"));
+            }
+            if to < from {
+                return Err("to: must be ≥ from when a step is given".into());
+            }
+            let n = ((to - from) / step + 1e-9).floor() as usize + 1;
+            if n > 1_000_000 {
+                return Err(format!("step: gives {n} values, more than 1000000"));
+            }
+            (0..n).map(|i| from + step * i as f64).collect()
+        }
+        (None, None) => return Err("steps (a count) or step (an increment) is required".into()),
+    };
+    let mut out: Vec<(String, toml::Value)> = Vec::new();
+    for x in xs {
+        let v = if integer {
+            toml::Value::Integer(x.round() as i64)
+        } else {
+            toml::Value::Float(x)
+        };
+        let label = render_value(&v);
+        // Rounding to integers can repeat a value; keep the first.
+        if out.iter().all(|(l, _)| *l != label) {
+            out.push((label, v));
+        }
+    }
+    Ok(out)
+}
+
+/// A compact, deterministic rendering of a TOML value for a `param_*` column.
+pub fn render_value(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => fmt_f64(*f),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        toml::Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(render_value).collect::<Vec<_>>().join(" ")
+        ),
+        toml::Value::Table(t) => {
+            let kind = t.get("kind").map(render_value);
+            let rest: Vec<String> = t
+                .iter()
+                .filter(|(k, _)| k.as_str() != "kind")
+                .map(|(k, v)| format!("{k}={}", render_value(v)))
+                .collect();
+            match kind {
+                Some(k) if rest.is_empty() => k,
+                Some(k) => format!("{k}({})", rest.join(" ")),
+                None => format!("{{{}}}", rest.join(" ")),
+            }
+        }
+    }
+}
+
+/// Set `path` (dotted) in a TOML table, creating intermediate tables. Setting a `kind` to a
+/// different value resets its table: the other keys belong to the old variant.
+pub fn set_path(root: &mut toml::Table, path: &str, value: toml::Value) -> Result<(), String> {
+    check_path(path)?;
+    let segs: Vec<&str> = path.split('.').collect();
+    let mut cur = root;
+    for (i, seg) in segs[..segs.len() - 1].iter().enumerate() {
+        let entry = cur
+            .entry(seg.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            other => {
+                return Err(format!(
+                    "`{}` is not a table (it holds a {})",
+                    segs[..=i].join("."),
+                    other.type_str()
+                ))
+            }
+        };
+    }
+    let last = segs[segs.len() - 1];
+    if last == "kind" && cur.get("kind").is_some_and(|k| *k != value) {
+        cur.clear();
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plan
+
+/// One concrete scenario of the sweep.
+#[derive(Debug)]
+pub struct Point {
+    /// `param_*` column values, in axis order.
+    pub params: Vec<String>,
+    /// The checked scenario, or why this combination is invalid.
+    pub scenario: Result<sim::Checked, String>,
+    /// Canonical TOML of the point (the scenario re-serialised with every default filled in, or
+    /// the edited table when it does not deserialise).
+    pub canonical: String,
+    /// Best-effort identity for rows of invalid points.
+    pub name: String,
+    pub policy: String,
+    pub workload: String,
+    pub seed: String,
+}
+
+/// One simulation to run: a point and a replicate index.
+#[derive(Clone, Debug)]
+pub struct RunRef {
+    pub run_id: usize,
+    pub point: usize,
+    pub replicate: u32,
+    pub point_id: String,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub points: Vec<Point>,
+    pub runs: Vec<RunRef>,
+    pub param_names: Vec<String>,
+    /// Hash of every run's point id in order: two plans with the same id produce the same rows.
+    pub plan_id: String,
+}
+
+impl Plan {
+    pub fn runs_header(&self) -> Vec<String> {
+        RUNS_HEADER
+            .iter()
+            .chain(HARNESS_COLUMNS)
+            .map(|s| s.to_string())
+            .chain(self.param_names.iter().map(|p| format!("param_{p}")))
+            .collect()
+    }
+    pub fn invalid_points(&self) -> usize {
+        self.points.iter().filter(|p| p.scenario.is_err()).count()
+    }
+}
+
+/// Build the concrete scenario of one point from the base table and axis values.
+pub fn concretise(base: &toml::Table, sets: &[(&str, &toml::Value)]) -> Point {
+    let mut t = base.clone();
+    let mut err = None;
+    for (path, v) in sets {
+        if let Err(e) = set_path(&mut t, path, (*v).clone()) {
+            err.get_or_insert(format!("{path}: {e}"));
+        }
+    }
+    let s = |k: &str| -> String {
+        let mut cur = Some(&t);
+        let segs: Vec<&str> = k.split('.').collect();
+        for seg in &segs[..segs.len() - 1] {
+            cur = cur.and_then(|c| c.get(*seg)).and_then(|v| v.as_table());
+        }
+        cur.and_then(|c| c.get(segs[segs.len() - 1]))
+            .map(render_value)
+            .unwrap_or_default()
+    };
+    let (name, policy, workload, seed) =
+        (s("name"), s("policy.kind"), s("workload.kind"), s("seed"));
+    let raw = toml::to_string(&t).unwrap_or_default();
+    let scenario = match err {
+        Some(e) => Err(e),
+        None => match Scenario::from_toml_str(&raw) {
+            Err(e) => Err(e.to_string()),
+            Ok(sc) => sc.check().map_err(|errs| {
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }),
+        },
+    };
+    let canonical = match &scenario {
+        Ok(ck) => ck.scenario.to_toml(),
+        Err(_) => raw,
+    };
+    Point {
+        params: Vec::new(),
+        scenario,
+        canonical,
+        name,
+        policy,
+        workload,
+        seed,
+    }
+}
+
+/// The point id of a run: stable hash of the canonical scenario and the replicate index.
+pub fn point_id(canonical: &str, replicate: u32) -> String {
+    format!(
+        "{:016x}",
+        fnv1a64(format!("{canonical}\nreplicate = {replicate}\n").as_bytes())
+    )
+}
+
+/// Expand a spec into its plan (cartesian product; the last axis varies fastest).
+pub fn expand(spec: &SweepSpec) -> Result<Plan> {
+    let n_points = spec
+        .axes
+        .iter()
+        .try_fold(1usize, |acc, a| acc.checked_mul(a.values.len()))
+        .filter(|n| n.saturating_mul(spec.replicates as usize) <= MAX_RUNS)
+        .with_context(|| format!("the sweep has more than {MAX_RUNS} runs"))?;
+    // Point k's value indices are the mixed-radix digits of k (last axis fastest). Points are
+    // built in parallel (deserialising and checking thousands of scenarios adds up) and
+    // collected in order.
+    use rayon::prelude::*;
+    let points: Vec<Point> = (0..n_points)
+        .into_par_iter()
+        .map(|k| {
+            let mut idx = vec![0usize; spec.axes.len()];
+            let mut rest = k;
+            for (d, a) in spec.axes.iter().enumerate().rev() {
+                idx[d] = rest % a.values.len();
+                rest /= a.values.len();
+            }
+            let sets: Vec<(&str, &toml::Value)> = spec
+                .axes
+                .iter()
+                .zip(&idx)
+                .map(|(a, &i)| (a.path.as_str(), &a.values[i].1))
+                .collect();
+            let mut p = concretise(&spec.base, &sets);
+            p.params = spec
+                .axes
+                .iter()
+                .zip(&idx)
+                .map(|(a, &i)| a.values[i].0.clone())
+                .collect();
+            p
+        })
+        .collect();
+    let mut runs = Vec::with_capacity(n_points * spec.replicates as usize);
+    for (pi, p) in points.iter().enumerate() {
+        for r in 0..spec.replicates {
+            runs.push(RunRef {
+                run_id: runs.len(),
+                point: pi,
+                replicate: r,
+                point_id: point_id(&p.canonical, r),
+            });
+        }
+    }
+    let mut all = String::new();
+    for r in &runs {
+        all.push_str(&r.point_id);
+    }
+    for a in &spec.axes {
+        all.push_str(&a.path);
+    }
+    Ok(Plan {
+        points,
+        plan_id: format!("{:016x}", fnv1a64(all.as_bytes())),
+        runs,
+        param_names: spec.axes.iter().map(|a| a.path.clone()).collect(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running
+
+/// Simulate one run; invalid points and panics become errors.
+pub fn simulate_run(plan: &Plan, r: &RunRef) -> Result<RunResult, String> {
+    let p = &plan.points[r.point];
+    let ck = p.scenario.as_ref().map_err(|e| e.clone())?;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sim::simulate(ck, r.replicate)
+    }))
+    .map_err(|e| {
+        let msg = e
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| e.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        format!("simulator panicked: {msg}")
+    })
+}
+
+/// The finished lines of one run for runs.csv and rounds.csv.
+struct RunLines {
+    runs: String,
+    rounds: String,
+}
+
+fn render_run(plan: &Plan, r: &RunRef) -> RunLines {
+    let p = &plan.points[r.point];
+    let res = simulate_run(plan, r);
+    let mut row = match &res {
+        Ok(res) => metrics::run_row(r.run_id, &res.report),
+        Err(e) => {
+            let mut row = vec![String::new(); RUNS_HEADER.len()];
+            let mut put = |col: &str, v: String| {
+                if let Some(i) = RUNS_HEADER.iter().position(|h| *h == col) {
+                    row[i] = v;
+                }
+            };
+            put("run_id", r.run_id.to_string());
+            put("backend", "sim".into());
+            put("scenario", csv_field(&p.name));
+            put("policy", csv_field(&p.policy));
+            put("workload", csv_field(&p.workload));
+            put("seed", csv_field(&p.seed));
+            put("replicate", r.replicate.to_string());
+            put(
+                "status",
+                if p.scenario.is_err() {
+                    "invalid"
+                } else {
+                    "error"
+                }
+                .into(),
+            );
+            put("reason", csv_field(e));
+            row
+        }
+    };
+    row.push(r.point_id.clone());
+    row.push(
+        p.scenario
+            .as_ref()
+            .map(|ck| fmt_f64(ck.workload.nominal_rate_pps()))
+            .unwrap_or_default(),
+    );
+    row.extend(p.params.iter().map(|v| csv_field(v)));
+    let mut rounds = String::new();
+    if let Ok(res) = &res {
+        for rr in &res.rounds {
+            rounds.push_str(&metrics::round_row(r.run_id, rr).join(","));
+            rounds.push('\n');
+        }
+    }
+    RunLines {
+        runs: row.join(",") + "\n",
+        rounds,
+    }
+}
+
+/// Parse `I/N` (1-based).
+pub fn parse_shard(s: &str) -> Result<(u64, u64)> {
+    let (i, n) = s
+        .split_once('/')
+        .with_context(|| format!("--shard: expected I/N such as 1/4, got `{s}`"))?;
+    let i: u64 = i
+        .trim()
+        .parse()
+        .with_context(|| format!("--shard: `{i}` is not a number"))?;
+    let n: u64 = n
+        .trim()
+        .parse()
+        .with_context(|| format!("--shard: `{n}` is not a number"))?;
+    if n == 0 || i == 0 || i > n {
+        bail!("--shard: need 1 ≤ I ≤ N, got {i}/{n}");
+    }
+    Ok((i, n))
+}
+
+/// Whether a run belongs to shard `i` of `n`.
+pub fn in_shard(point_id: &str, (i, n): (u64, u64)) -> bool {
+    u64::from_str_radix(point_id, 16).unwrap_or(0) % n == i - 1
+}
+
+/// An exclusive claim on an output directory, so that two sweeps (say, two array tasks given the
+/// same `--out`) never append to the same files. Removed when dropped.
+struct DirLock {
+    path: PathBuf,
+}
+
+impl DirLock {
+    fn take(dir: &Path) -> Result<DirLock> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
+        let path = dir.join(".migsim-sweep.lock");
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let me = format!("{host} {}\n", std::process::id());
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    f.write_all(me.as_bytes())
+                        .with_context(|| format!("failed to write {}", path.display()))?;
+                    return Ok(DirLock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                    let mut it = owner.split_whitespace();
+                    let (h, pid) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+                    let alive = h == host && Path::new("/proc").join(pid).exists();
+                    if h == host && !alive {
+                        // A crashed sweep on this host left it behind: take over.
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    bail!(
+                        "{} is in use by another sweep (host {h}, pid {pid}); if that sweep is gone, delete {}",
+                        dir.display(),
+                        path.display()
+                    );
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("failed to create {}", path.display()))
+                }
+            }
+        }
+        bail!("could not lock {}", dir.display())
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Set up the output directory; returns the run ids already finished there.
+fn prepare_dir(dir: &Path, plan: &Plan, header: &[String], fresh: bool) -> Result<HashSet<usize>> {
+    let runs_p = dir.join("runs.csv");
+    let rounds_p = dir.join("rounds.csv");
+    let man_p = dir.join("manifest.json");
+    if fresh {
+        for p in [&runs_p, &rounds_p, &man_p] {
+            if p.exists() {
+                std::fs::remove_file(p)
+                    .with_context(|| format!("failed to remove {}", p.display()))?;
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    if !runs_p.exists() {
+        let h = header.join(",") + "\n";
+        write_atomic(&rounds_p, |b| {
+            b.extend_from_slice((metrics::ROUNDS_HEADER.join(",") + "\n").as_bytes());
+            Ok(())
+        })?;
+        write_atomic(&runs_p, |b| {
+            b.extend_from_slice(h.as_bytes());
+            Ok(())
+        })?;
+        return Ok(HashSet::new());
+    }
+    // Resume: the plan must be the one that produced these rows.
+    let prev = manifest::read_plan_id(&man_p).with_context(|| {
+        format!(
+            "{} holds results but no readable manifest; pass --fresh to start over",
+            dir.display()
+        )
+    })?;
+    if prev != plan.plan_id {
+        bail!(
+            "{} holds results of a different plan ({prev}, this spec expands to {}); pass --fresh to start over or choose another --out",
+            dir.display(),
+            plan.plan_id
+        );
+    }
+    let text = std::fs::read_to_string(&runs_p)
+        .with_context(|| format!("failed to read {}", runs_p.display()))?;
+    let kept = complete_lines(&text);
+    let table = Table::parse(kept).with_context(|| format!("in {}", runs_p.display()))?;
+    if table.header != header {
+        bail!(
+            "{} has different columns than this sweep writes; pass --fresh to start over",
+            runs_p.display()
+        );
+    }
+    let mut done = HashSet::new();
+    for row in &table.rows {
+        let id: usize = row[0]
+            .parse()
+            .with_context(|| format!("{}: bad run_id `{}`", runs_p.display(), row[0]))?;
+        let pid_col = RUNS_HEADER.len();
+        if plan.runs.get(id).map(|r| r.point_id.as_str()) != Some(row[pid_col].as_str()) {
+            bail!(
+                "{}: run {id} does not match this plan; pass --fresh to start over",
+                runs_p.display()
+            );
+        }
+        done.insert(id);
+    }
+    if kept.len() != text.len() {
+        write_atomic(&runs_p, |b| {
+            b.extend_from_slice(kept.as_bytes());
+            Ok(())
+        })?;
+    }
+    // Keep only the rounds of finished runs (a crash may leave rounds of an unfinished batch).
+    let rtext = std::fs::read_to_string(&rounds_p).unwrap_or_default();
+    let rkept = complete_lines(&rtext);
+    let mut lines = rkept.lines();
+    let mut out = String::with_capacity(rkept.len());
+    out.push_str(&metrics::ROUNDS_HEADER.join(","));
+    out.push('\n');
+    lines.next();
+    for l in lines {
+        let id = l.split(',').next().and_then(|s| s.parse::<usize>().ok());
+        if id.is_some_and(|id| done.contains(&id)) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    if out != rtext {
+        write_atomic(&rounds_p, |b| {
+            b.extend_from_slice(out.as_bytes());
+            Ok(())
+        })?;
+    }
+    Ok(done)
+}
+
+fn append(path: &Path, text: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("failed to open {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("failed to append to {}", path.display()))?;
+    f.sync_data().ok();
+    Ok(())
+}
+
+/// Rewrite both CSVs sorted by run id if they are not (only after unusual resumes).
+fn ensure_sorted(dir: &Path) -> Result<()> {
+    for name in ["runs.csv", "rounds.csv"] {
+        let p = dir.join(name);
+        let text = std::fs::read_to_string(&p)?;
+        let mut lines = text.lines();
+        let header = lines.next().unwrap_or_default().to_string();
+        let body: Vec<&str> = lines.collect();
+        let key = |l: &&str| l.split(',').next().and_then(|s| s.parse::<usize>().ok());
+        if body.windows(2).all(|w| key(&w[0]) <= key(&w[1])) {
+            continue;
+        }
+        let mut sorted = body.clone();
+        sorted.sort_by_key(key);
+        write_atomic(&p, |b| {
+            writeln!(b, "{header}")?;
+            for l in sorted {
+                writeln!(b, "{l}")?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+pub fn run(a: SweepArgs) -> Result<ExitCode> {
+    let spec = load_spec(&a.spec)?;
+    let plan = expand(&spec)?;
+    if let Some(id) = a.show {
+        let r = plan
+            .runs
+            .get(id)
+            .with_context(|| format!("--show: run id {id} is outside 0..{}", plan.runs.len()))?;
+        let p = &plan.points[r.point];
+        print!("{}", p.canonical);
+        if r.replicate > 0 {
+            println!(
+                "# replicate {} (migsim run --replicate {})",
+                r.replicate, r.replicate
+            );
+        }
+        if let Err(e) = &p.scenario {
+            println!("# invalid: {e}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let shard = a.shard.as_deref().map(parse_shard).transpose()?;
+    if !a.dry_run && plan.invalid_points() == plan.points.len() {
+        // Most likely a mistake in the base scenario: stop instead of writing only failures.
+        let first = plan.points[0]
+            .scenario
+            .as_ref()
+            .err()
+            .cloned()
+            .unwrap_or_default();
+        bail!(
+            "every point of sweep {} is invalid; the first: {first}",
+            spec.name
+        );
+    }
+    if a.dry_run {
+        let selected = plan
+            .runs
+            .iter()
+            .filter(|r| shard.is_none_or(|s| in_shard(&r.point_id, s)))
+            .count();
+        println!(
+            "sweep {}: {} points × {} replicates = {} runs ({} in this shard), {} invalid points, plan {}",
+            spec.name,
+            plan.points.len(),
+            spec.replicates,
+            plan.runs.len(),
+            selected,
+            plan.invalid_points(),
+            plan.plan_id
+        );
+        for (i, p) in plan.points.iter().enumerate() {
+            if let Err(e) = &p.scenario {
+                println!("  point {i} [{}]: {e}", p.params.join(", "));
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dir = a.out.clone().unwrap_or_else(|| {
+        let base = PathBuf::from("results").join(&spec.name);
+        match shard {
+            Some((i, n)) => base.join("shards").join(format!("{i}-of-{n}")),
+            None => base,
+        }
+    });
+    let header = plan.runs_header();
+    let _lock = DirLock::take(&dir)?;
+    let done = prepare_dir(&dir, &plan, &header, a.fresh)?;
+    let todo: Vec<&RunRef> = plan
+        .runs
+        .iter()
+        .filter(|r| shard.is_none_or(|s| in_shard(&r.point_id, s)))
+        .filter(|r| !done.contains(&r.run_id))
+        .collect();
+    let selected = plan
+        .runs
+        .iter()
+        .filter(|r| shard.is_none_or(|s| in_shard(&r.point_id, s)))
+        .count();
+    let started = std::time::SystemTime::now();
+    let mut man = manifest::Manifest::new(&spec, &plan, shard, selected);
+    man.write(&dir, started, None, false)?;
+
+    let threads = a
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("failed to start worker threads")?;
+    let pb = progress_bar(todo.len() as u64, a.quiet);
+    let t0 = std::time::Instant::now();
+    write_in_order(&pool, threads, &plan, &todo, &dir, &pb)?;
+    pb.finish_and_clear();
+    let wall = t0.elapsed();
+    // Rows are appended in plan order, so the files are sorted unless a resume found finished
+    // runs after unfinished ones (e.g. results copied in from elsewhere); only then re-sort.
+    if todo
+        .first()
+        .is_some_and(|first| done.iter().any(|&d| d > first.run_id))
+    {
+        ensure_sorted(&dir)?;
+    }
+    let finished = Table::read(&dir.join("runs.csv"))?;
+    let status_col = finished.need("status")?;
+    let bad = finished
+        .rows
+        .iter()
+        .filter(|r| matches!(r[status_col].as_str(), "invalid" | "error"))
+        .count();
+    let complete = finished.rows.len() == selected;
+    man.write(&dir, started, Some(wall), complete)?;
+    println!(
+        "sweep {}: ran {} runs in {:.2} s with {} threads ({:.1} runs/s); {} already done; {} rows invalid or failed; results in {}",
+        spec.name,
+        todo.len(),
+        wall.as_secs_f64(),
+        threads,
+        todo.len() as f64 / wall.as_secs_f64().max(1e-9),
+        done.len(),
+        bad,
+        dir.display()
+    );
+    if complete && shard.is_none() && !a.no_plots && !spec.plots.is_empty() {
+        let kinds: Vec<&str> = spec.plots.iter().map(|s| s.as_str()).collect();
+        for f in super::plot::render_kinds(&dir, &kinds)? {
+            println!("wrote {}", f.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Simulate `todo` on `threads` workers of `pool` and append the results in plan order.
+///
+/// Workers take runs in order from a shared counter (so a slow run never holds up a whole batch,
+/// and the runs in flight are always near the front of the plan); the calling thread keeps a
+/// reorder buffer and appends every contiguous finished prefix, at most every 0.5 s or 64 runs,
+/// `rounds.csv` first. Output bytes do not depend on the thread count.
+fn write_in_order(
+    pool: &rayon::ThreadPool,
+    threads: usize,
+    plan: &Plan,
+    todo: &[&RunRef],
+    dir: &Path,
+    pb: &indicatif::ProgressBar,
+) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, RunLines)>();
+    let runs_p = dir.join("runs.csv");
+    let rounds_p = dir.join("rounds.csv");
+    pool.in_place_scope(|scope| -> Result<()> {
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let (next, stop) = (&next, &stop);
+            scope.spawn(move |_| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= todo.len() || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let lines = render_run(plan, todo[i]);
+                if tx.send((i, lines)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut pending: BTreeMap<usize, RunLines> = BTreeMap::new();
+        let mut written = 0usize;
+        let mut last = std::time::Instant::now();
+        let flush = |pending: &mut BTreeMap<usize, RunLines>, written: &mut usize| -> Result<()> {
+            let (mut runs, mut rounds) = (String::new(), String::new());
+            while let Some(l) = pending.remove(written) {
+                runs.push_str(&l.runs);
+                rounds.push_str(&l.rounds);
+                *written += 1;
+            }
+            if !runs.is_empty() {
+                // Rounds first: a crash between the two appends leaves rounds without a run
+                // row, which the next resume drops; never a run row without its rounds.
+                append(&rounds_p, &rounds)?;
+                append(&runs_p, &runs)?;
+            }
+            Ok(())
+        };
+        let res = (|| -> Result<()> {
+            for (i, lines) in rx.iter() {
+                pending.insert(i, lines);
+                pb.inc(1);
+                if pending.contains_key(&written)
+                    && (pending.len() >= 64 || last.elapsed().as_millis() >= 500)
+                {
+                    flush(&mut pending, &mut written)?;
+                    last = std::time::Instant::now();
+                }
+            }
+            flush(&mut pending, &mut written)
+        })();
+        if res.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        res
+    })
+}
+
+fn progress_bar(len: u64, quiet: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:40}] {pos}/{len} runs  {per_sec}  ETA {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(axes: &str) -> SweepSpec {
+        let base = Scenario::default_scenario().to_toml();
+        let base = base
+            .lines()
+            .map(|l| {
+                if let Some(rest) = l.strip_prefix('[') {
+                    format!("[base.{rest}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let text =
+            format!("[sweep]\nname = \"t\"\nreplicates = 2\n\n[axes]\n{axes}\n\n[base]\n{base}\n");
+        parse_spec(&text, Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn axes_keep_file_order_and_last_varies_fastest() {
+        let s =
+            spec("\"link.bandwidth\" = [\"1 Gbit/s\", \"10 Gbit/s\"]\n\"vm.vcpus\" = [1, 2, 4]");
+        assert_eq!(s.axes[0].path, "link.bandwidth");
+        let plan = expand(&s).unwrap();
+        assert_eq!(plan.points.len(), 6);
+        assert_eq!(plan.runs.len(), 12);
+        assert_eq!(plan.points[1].params, vec!["1 Gbit/s", "2"]);
+        assert_eq!(plan.points[3].params, vec!["10 Gbit/s", "1"]);
+    }
+
+    #[test]
+    fn log_range_spans_the_ends_and_rounds_integers() {
+        let s = spec(
+            "\"workload.rate_pps\" = { from = 1000, to = 100000, steps = 3, scale = \"log\" }",
+        );
+        let labels: Vec<&str> = s.axes[0].values.iter().map(|v| v.0.as_str()).collect();
+        assert_eq!(labels, ["1000", "10000", "100000"]);
+    }
+
+    #[test]
+    fn changing_kind_resets_the_variant_table() {
+        // The base policy is qemu with qemu-only fields; switching the kind must drop them.
+        let s = spec("\"policy.kind\" = \"all\"");
+        let plan = expand(&s).unwrap();
+        let errs: Vec<&String> = plan
+            .points
+            .iter()
+            .filter_map(|p| p.scenario.as_ref().err())
+            .collect();
+        assert!(errs.is_empty(), "{errs:?}");
+        let kinds: HashSet<&str> = PolicySpec::all_defaults()
+            .iter()
+            .map(|p| p.name())
+            .collect();
+        assert_eq!(plan.points.len(), kinds.len());
+    }
+
+    #[test]
+    fn policy_all_lists_every_default_variant_with_distinct_labels() {
+        let s = spec("policy = \"all\"");
+        let labels: HashSet<&str> = s.axes[0].values.iter().map(|v| v.0.as_str()).collect();
+        assert_eq!(labels.len(), PolicySpec::all_defaults().len());
+        assert_eq!(expand(&s).unwrap().invalid_points(), 0);
+    }
+
+    #[test]
+    fn set_path_creates_tables_and_refuses_to_descend_into_values() {
+        let mut t: toml::Table = toml::from_str("a = 1\n[b]\nkind = \"x\"\nk = 2\n").unwrap();
+        set_path(&mut t, "c.d.e", toml::Value::Integer(3)).unwrap();
+        assert_eq!(t["c"]["d"]["e"].as_integer(), Some(3));
+        let e = set_path(&mut t, "a.z", toml::Value::Integer(1)).unwrap_err();
+        assert!(e.contains("`a` is not a table"), "{e}");
+        // Same kind: other keys stay; new kind: they go.
+        set_path(&mut t, "b.kind", toml::Value::String("x".into())).unwrap();
+        assert_eq!(t["b"]["k"].as_integer(), Some(2));
+        set_path(&mut t, "b.kind", toml::Value::String("y".into())).unwrap();
+        assert!(t["b"].get("k").is_none());
+        assert!(set_path(&mut t, "b..k", toml::Value::Integer(1)).is_err());
+    }
+
+    #[test]
+    fn invalid_points_are_kept_with_their_error() {
+        let s = spec("\"vm.vcpus\" = [0, 1]");
+        let plan = expand(&s).unwrap();
+        let e = plan.points[0].scenario.as_ref().unwrap_err();
+        assert!(e.contains("vm.vcpus"), "{e}");
+        assert!(plan.points[1].scenario.is_ok());
+    }
+
+    #[test]
+    fn point_ids_depend_on_content_not_position() {
+        let a = expand(&spec("\"vm.vcpus\" = [1, 2]")).unwrap();
+        let b = expand(&spec("\"vm.vcpus\" = [2, 1]")).unwrap();
+        assert_eq!(a.runs[0].point_id, b.runs[2].point_id);
+        assert_ne!(a.runs[0].point_id, a.runs[1].point_id, "replicates differ");
+    }
+
+    #[test]
+    fn bad_axis_names_the_field() {
+        let base =
+            "[sweep]\nname = \"t\"\nbase = \"x.toml\"\n[axes]\n\"vm.vcpus\" = [1, { label = 3 }]\n";
+        let e = parse_spec(base, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("axes.\"vm.vcpus\"[1]: label"), "{e}");
+        let e = parse_spec("[sweep]\nnam = \"t\"\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sweep"), "{e}");
+    }
+
+    #[test]
+    fn shards_partition_the_runs() {
+        let plan = expand(&spec("\"vm.vcpus\" = [1, 2, 3, 4, 5, 6, 7, 8]")).unwrap();
+        let mut count = 0;
+        for i in 1..=3 {
+            count += plan
+                .runs
+                .iter()
+                .filter(|r| in_shard(&r.point_id, (i, 3)))
+                .count();
+        }
+        assert_eq!(count, plan.runs.len());
+    }
+}
