@@ -11,6 +11,7 @@ mod manifest;
 mod merge;
 pub mod output;
 mod plot;
+mod real;
 mod run;
 mod scenario_cmd;
 mod sweep;
@@ -47,6 +48,11 @@ enum Command {
     Plot(plot::PlotArgs),
     /// Check downtime budgets: exit 0 when all hold, 1 when any is exceeded, 2 on a bad file.
     Check(check::CheckArgs),
+    /// Migrate a real KVM guest running the scenario's workload (live, or --quick).
+    Real(real::RealArgs),
+    /// The destination VMM process of `migsim real` (internal).
+    #[command(name = "__dest", hide = true)]
+    Dest(real::DestArgs),
 }
 
 /// Exit code for bad input (unreadable or invalid files, bad arguments).
@@ -64,6 +70,8 @@ pub fn main() -> ExitCode {
         Command::Merge(a) => merge::run(a),
         Command::Plot(a) => plot::run(a),
         Command::Check(a) => check::run(a),
+        Command::Real(a) => real::run(a),
+        Command::Dest(a) => real::dest(a),
     };
     match res {
         Ok(code) => code,
