@@ -92,7 +92,7 @@ pub struct Layout {
 impl Layout {
     /// The system region sits at the first GiB boundary at or above the end of RAM.
     pub fn new(ram_bytes: u64) -> Option<Layout> {
-        if ram_bytes == 0 || ram_bytes % PAGE != 0 {
+        if ram_bytes == 0 || !ram_bytes.is_multiple_of(PAGE) {
             return None;
         }
         let sys_base = ram_bytes.div_ceil(GIB) * GIB;

@@ -683,7 +683,7 @@ pub(crate) fn build_source(
             ck.page_size
         )));
     }
-    if ck.mem_bytes() % (64 * PAGE) != 0 {
+    if !ck.mem_bytes().is_multiple_of(64 * PAGE) {
         return Err(SourceError::Unsupported(
             "memory must be a multiple of 256 KiB".into(),
         ));

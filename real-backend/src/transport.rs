@@ -475,6 +475,7 @@ mod tests {
             tb.take(64 << 10);
         }
         let dt = (mono_ns() - t0) as f64 / 1e9;
-        assert!((0.18..0.3).contains(&dt), "took {dt} s");
+        // The pacer must never go faster than the rate; on a loaded host it may be slower.
+        assert!((0.18..5.0).contains(&dt), "took {dt} s");
     }
 }

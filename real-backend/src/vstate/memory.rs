@@ -119,7 +119,7 @@ impl GuestRegion {
 
     pub fn read_u64(&self, off: u64) -> u64 {
         self.check(off, 8);
-        assert!(off % 8 == 0, "unaligned u64 access");
+        assert!(off.is_multiple_of(8), "unaligned u64 access");
         // SAFETY: in range and 8-byte aligned (the mapping is page-aligned); volatile because
         // the guest may write the word concurrently.
         unsafe { std::ptr::read_volatile(self.host.as_ptr().add(off as usize) as *const u64) }
@@ -127,7 +127,7 @@ impl GuestRegion {
 
     pub fn write_u64(&self, off: u64, v: u64) {
         self.check(off, 8);
-        assert!(off % 8 == 0, "unaligned u64 access");
+        assert!(off.is_multiple_of(8), "unaligned u64 access");
         // SAFETY: as in `read_u64`.
         unsafe { std::ptr::write_volatile(self.host.as_ptr().add(off as usize) as *mut u64, v) }
     }
