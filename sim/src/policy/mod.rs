@@ -87,6 +87,15 @@ impl Observation {
     pub fn pending_bytes(&self) -> u64 {
         self.pending_pages() * self.page_wire_bytes
     }
+    /// Send rate of the current iteration so far, or of the last finished one if the current
+    /// one has sent nothing yet (bits/s).
+    pub fn current_bandwidth_bps(&self) -> f64 {
+        if self.round_elapsed_ns > 0 && self.round_bytes_sent > 0 {
+            self.round_bytes_sent as f64 * 8e9 / self.round_elapsed_ns as f64
+        } else {
+            self.bandwidth_bps
+        }
+    }
 }
 
 /// How a stop-and-copy was reached.

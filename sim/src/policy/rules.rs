@@ -207,11 +207,7 @@ impl Policy for CloudHypervisor {
         if obs.dirty_pages == 0 {
             return Decision::Stop(StopReason::Converged, "nothing left to send".into());
         }
-        let bw = if obs.round_elapsed_ns > 0 && obs.round_bytes_sent > 0 {
-            obs.round_bytes_sent as f64 * 8e9 / obs.round_elapsed_ns as f64
-        } else {
-            obs.bandwidth_bps
-        };
+        let bw = obs.current_bandwidth_bps();
         let est_ms = obs.pending_bytes() as f64 * 8e3 / bw;
         if est_ms <= self.spec.downtime_budget_ms {
             return Decision::Stop(
@@ -258,11 +254,7 @@ impl Policy for SimGrid {
         if obs.trigger != Trigger::RoundEnd {
             return Decision::Continue;
         }
-        let bw = if obs.round_elapsed_ns > 0 && obs.round_bytes_sent > 0 {
-            obs.round_bytes_sent as f64 * 8e9 / obs.round_elapsed_ns as f64
-        } else {
-            obs.bandwidth_bps
-        };
+        let bw = obs.current_bandwidth_bps();
         // SimGrid caps the dirty amount it models per round at a fraction of RAM.
         let cap = self.spec.dirty_cap_fraction * obs.mem_bytes as f64;
         let remaining = (obs.pending_bytes() as f64).min(cap);
@@ -303,11 +295,7 @@ impl Policy for Sdps {
         if obs.trigger != Trigger::RoundEnd {
             return Decision::Continue;
         }
-        let bw = if obs.round_elapsed_ns > 0 && obs.round_bytes_sent > 0 {
-            obs.round_bytes_sent as f64 * 8e9 / obs.round_elapsed_ns as f64
-        } else {
-            obs.bandwidth_bps
-        };
+        let bw = obs.current_bandwidth_bps();
         let est_ms = obs.pending_bytes() as f64 * 8e3 / bw;
         if est_ms <= self.spec.switchover_ms {
             return Decision::Stop(
