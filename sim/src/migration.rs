@@ -69,23 +69,38 @@ pub fn run_seed(scenario_seed: u64, replicate: u32) -> u64 {
     mix64(scenario_seed, 0x5EED_0000 + replicate as u64)
 }
 
-/// The zero-page map at migration start: zero-ness is drawn per 64-page block (256 KiB with
-/// 4 KiB pages), as free memory comes in large runs.
+/// The zero-page map at migration start: exactly round(fraction × blocks) of the 64-page blocks
+/// (256 KiB with 4 KiB pages) are zero, as free memory comes in large runs; which ones is drawn
+/// from the seed by a pseudorandom permutation of the block numbers.
 pub fn initial_zero_pages(mem_pages: u64, fraction: f64, seed: u64) -> Bitmap {
     let mut zero = Bitmap::new(mem_pages);
-    if fraction <= 0.0 {
+    let blocks = mem_pages.div_ceil(64);
+    let k = (fraction * blocks as f64).round() as u64;
+    if k == 0 {
         return zero;
     }
-    let limit = (fraction * u64::MAX as f64) as u64;
-    let words = mem_pages.div_ceil(64) as usize;
-    for wi in 0..words {
-        if fraction >= 1.0 || mix64(seed, wi as u64) < limit {
-            let bits = if (wi as u64 + 1) * 64 > mem_pages {
+    // An affine map x -> (a·x + c) mod 2^m with odd a is a bijection of [0, 2^m); walking the
+    // cycle until the value falls below `blocks` restricts it to a bijection of [0, blocks).
+    let m = blocks.next_power_of_two();
+    let a = (mix64(seed, 1) | 1) & (m - 1) | 1;
+    let c = mix64(seed, 2) & (m - 1);
+    let perm = |x: u64| {
+        let mut y = x;
+        loop {
+            y = (a.wrapping_mul(y).wrapping_add(c)) & (m - 1);
+            if y < blocks {
+                return y;
+            }
+        }
+    };
+    for wi in 0..blocks {
+        if perm(wi) < k {
+            let bits = if (wi + 1) * 64 > mem_pages {
                 (1u64 << (mem_pages % 64)) - 1
             } else {
                 !0
             };
-            zero.set_word(wi, bits);
+            zero.set_word(wi as usize, bits);
         }
     }
     zero

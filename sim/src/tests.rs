@@ -542,3 +542,30 @@ fn fluid_mode_tracks_the_exact_engine_on_round_based_policies() {
     let an = simulate(&s.check().unwrap(), 0);
     assert!(an.rounds[0].pages_dirtied > 2 * exact.rounds[0].pages_dirtied);
 }
+
+#[test]
+fn zero_page_map_has_exactly_the_requested_share_of_blocks() {
+    use crate::migration::initial_zero_pages;
+    for (pages, z) in [
+        (64 * 1000u64, 0.25),
+        (64 * 1000 + 17, 0.5),
+        (64 * 4096, 0.1),
+        (640, 1.0),
+        (640, 0.0),
+    ] {
+        let blocks = pages.div_ceil(64);
+        let k = (z * blocks as f64).round() as u64;
+        let m = initial_zero_pages(pages, z, 7);
+        let zero_blocks = (0..blocks).filter(|&b| m.get(b * 64)).count() as u64;
+        assert_eq!(zero_blocks, k, "{pages} pages at {z}");
+        // Blocks are all-or-nothing.
+        for b in 0..blocks {
+            let first = m.get(b * 64);
+            assert!((b * 64..((b + 1) * 64).min(pages)).all(|p| m.get(p) == first));
+        }
+        // Another seed picks other blocks (when there is a choice).
+        if k > 0 && k < blocks {
+            assert_ne!(m, initial_zero_pages(pages, z, 8));
+        }
+    }
+}

@@ -9,8 +9,9 @@
 //!   re-dirtied ahead of the sender go out in the same pass (as QEMU does near convergence),
 //!   and it sees the pending set at a fine grain.
 //! * It keeps the smallest pending set seen. When the sender has sent as many pages as the
-//!   pending set held at its last material improvement (by `min_gain`) without another one,
-//!   one more pass cannot materially shrink the final set: the floor is reached.
+//!   pending set held at its last material improvement (by `min_gain`), over at least
+//!   `patience_syncs` syncs, without another one, one more pass cannot materially shrink the
+//!   final set: the floor is reached.
 //! * On the floor it stops at the next sync whose pending set is within `floor_tolerance` of the
 //!   minimum (the set fluctuates around the floor), and after one more pass's worth of pages at
 //!   the latest.
@@ -26,6 +27,8 @@ pub struct Adaptive {
     /// Pending set at the last material improvement, and pages sent by then.
     gain_ref: u64,
     sent_at_gain: u64,
+    /// Syncs since the last material improvement.
+    syncs_since_gain: u32,
     /// Pages sent when the floor was detected.
     floor_since: Option<u64>,
 }
@@ -37,6 +40,7 @@ impl Adaptive {
             best: u64::MAX,
             gain_ref: u64::MAX,
             sent_at_gain: 0,
+            syncs_since_gain: 0,
             floor_since: None,
         }
     }
@@ -85,11 +89,16 @@ impl Policy for Adaptive {
         {
             self.gain_ref = pending;
             self.sent_at_gain = sent;
+            self.syncs_since_gain = 0;
             self.floor_since = None;
+        } else {
+            self.syncs_since_gain += 1;
         }
         self.best = self.best.min(pending);
         let Some(since) = self.floor_since else {
-            if sent - self.sent_at_gain >= self.gain_ref.max(1) {
+            if sent - self.sent_at_gain >= self.gain_ref.max(1)
+                && self.syncs_since_gain >= self.spec.patience_syncs
+            {
                 self.floor_since = Some(sent);
                 if pending as f64 <= self.best as f64 * (1.0 + self.spec.floor_tolerance) {
                     return self.stop_on_floor(pending);

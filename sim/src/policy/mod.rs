@@ -548,6 +548,9 @@ pub struct AdaptiveSpec {
     /// Dirty-log sync interval after the first pass (20 ms).
     #[serde(default = "twenty_f")]
     pub sync_every_ms: f64,
+    /// Syncs without a material improvement before the floor is declared (5).
+    #[serde(default = "five")]
+    pub patience_syncs: u32,
     /// Hard cap on iterations (syncs).
     #[serde(default = "adaptive_rounds")]
     pub max_rounds: u32,
@@ -575,6 +578,7 @@ impl Default for AdaptiveSpec {
             min_gain: 0.05,
             floor_tolerance: 0.02,
             sync_every_ms: 20.0,
+            patience_syncs: 5,
             max_rounds: 10_000,
             downtime_budget_ms: None,
         }
