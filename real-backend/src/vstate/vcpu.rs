@@ -165,7 +165,6 @@ impl Vcpu {
                 return Ok(());
             }
             let r = self.fd.run();
-            DBG_EXIT.store(crate::transport::mono_ns(), Ordering::Relaxed);
             match r {
                 Ok(VcpuExit::Intr) => {}
                 Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::IoIn(..)) => {}
@@ -270,7 +269,6 @@ fn vcpu_thread(sh: &Shared) {
                 return;
             }
             c.state = St::Running;
-            DBG_WOKEN.store(crate::transport::mono_ns(), Ordering::Relaxed);
         }
         let r = match sh.vcpu.lock() {
             Ok(mut v) => v.run_until(&sh.stop),
@@ -478,9 +476,6 @@ pub static IO_EXITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 /// The guest's own pause exit normally ends KVM_RUN; signals are the fallback after this long.
 const KICK_AFTER_MS: u64 = 1;
 
-/// Diagnostics: last wake-up of a vCPU thread, last return from KVM_RUN.
-pub static DBG_WOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-pub static DBG_EXIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
