@@ -58,7 +58,26 @@ enum Command {
 /// Exit code for bad input (unreadable or invalid files, bad arguments).
 pub const EXIT_BAD_INPUT: u8 = 2;
 
+/// `println!` panics when stdout is a pipe whose reader has gone (`migsim ... | head`). That
+/// is not an error of ours: end quietly, as command-line tools do.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 pub fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Run(a) => run::run(a),

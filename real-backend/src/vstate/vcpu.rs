@@ -476,7 +476,6 @@ pub static IO_EXITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 /// The guest's own pause exit normally ends KVM_RUN; signals are the fallback after this long.
 const KICK_AFTER_MS: u64 = 1;
 
-
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 fn kick_signal() -> libc::c_int {
