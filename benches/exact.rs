@@ -2,22 +2,10 @@
 //! (16 GiB VM, 1 Gbit/s, uniform 20K pages/s over 4 GiB, QEMU 300 ms).
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use sim::policy::{PolicySpec, QemuSpec};
 use sim::Scenario;
-use workloads::spec::UniformSpec;
-use workloads::{Bandwidth, ByteSize, WorkloadSpec, GIB};
 
 fn exact_16g(c: &mut Criterion) {
-    let mut s = Scenario::default_scenario();
-    s.vm.memory = ByteSize(16 * GIB);
-    s.vm.zero_page_fraction = 0.0;
-    s.workload = WorkloadSpec::Uniform(UniformSpec {
-        wss: ByteSize(4 * GIB),
-        rate_pps: 20_000.0,
-        offset: ByteSize(0),
-    });
-    s.link.bandwidth = Bandwidth(1e9);
-    s.policy = PolicySpec::Qemu(QemuSpec::default());
+    let s = Scenario::bench_exact_16g();
     let ck = s.check().expect("valid bench scenario");
     let mut g = c.benchmark_group("exact");
     g.sample_size(20);

@@ -444,6 +444,23 @@ impl Scenario {
         }
     }
 
+    /// The exact engine's reference benchmark case: 16 GiB VM, 1 Gbit/s, uniform 20K pages/s over
+    /// a 4 GiB working set, QEMU's rule at 300 ms.
+    pub fn bench_exact_16g() -> Scenario {
+        let mut s = Scenario::default_scenario();
+        s.name = "bench-exact-16g".into();
+        s.vm.memory = ByteSize(16 * GIB);
+        s.vm.zero_page_fraction = 0.0;
+        s.workload = WorkloadSpec::Uniform(UniformSpec {
+            wss: ByteSize(4 * GIB),
+            rate_pps: 20_000.0,
+            offset: ByteSize(0),
+        });
+        s.link.bandwidth = Bandwidth(1e9);
+        s.policy = PolicySpec::Qemu(crate::policy::QemuSpec::default());
+        s
+    }
+
     pub fn to_toml(&self) -> String {
         // Serialising plain data to TOML cannot fail for these types (no maps with non-string keys).
         toml::to_string_pretty(self).expect("scenario serialises to TOML")

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use sim::policy::{PolicySpec, QemuSpec};
+use sim::policy::PolicySpec;
 use sim::Scenario;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -20,20 +20,8 @@ pub struct BenchArgs {
     pub only: Option<String>,
 }
 
-/// The exact-engine reference case: 16 GiB VM, 1 Gbit/s, uniform 20K pages/s over 4 GiB, QEMU 300 ms.
-pub fn exact_16g() -> Scenario {
-    let mut s = Scenario::default_scenario();
-    s.name = "bench-exact-16g".into();
-    s.vm.memory = ByteSize(16 * GIB);
-    s.vm.zero_page_fraction = 0.0;
-    s.workload = WorkloadSpec::Uniform(UniformSpec {
-        wss: ByteSize(4 * GIB),
-        rate_pps: 20_000.0,
-        offset: ByteSize(0),
-    });
-    s.link.bandwidth = Bandwidth(1e9);
-    s.policy = PolicySpec::Qemu(QemuSpec::default());
-    s
+fn exact_16g() -> Scenario {
+    Scenario::bench_exact_16g()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
