@@ -755,7 +755,7 @@ impl<'a> Sim<'a> {
 
     fn run(&mut self, replicate: u32) -> RunResult {
         let sc = &self.ck.scenario;
-        let setup = 2 * self.one_way_ns;
+        let setup = 2 * self.one_way_ns + (sc.link.setup_ms * 1e6).round() as Nanos;
         let mut max_time = (sc.limits.max_time_s * 1e9).round() as Nanos;
         if let Some(h) = self.probe.as_ref().and_then(|p| p.horizon_ns) {
             max_time = max_time.min(h.max(setup + 1));

@@ -55,6 +55,20 @@ pub struct DestArgs {
     pub connect: String,
 }
 
+/// Options for a live migration to a separate destination process (`migsim __dest`).
+pub fn process_options(replicate: u32, verify: bool) -> Result<RealOptions> {
+    let exe = std::env::current_exe().context("cannot find the migsim executable")?;
+    Ok(RealOptions {
+        replicate,
+        dest: DestLaunch::Process {
+            program: exe,
+            args: vec!["__dest".into()],
+        },
+        verify,
+        ..Default::default()
+    })
+}
+
 pub fn run(a: RealArgs) -> Result<ExitCode> {
     let mut ck = load_scenario(a.scenario.as_ref(), a.seed)?;
     if a.scenario.is_none() && ck.mem_bytes() > DEFAULT_REAL_MEMORY {

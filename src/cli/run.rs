@@ -23,6 +23,10 @@ pub struct RunArgs {
     /// Replicate index (derives an independent seed from the scenario's).
     #[arg(long, default_value_t = 0)]
     pub replicate: u32,
+    /// Calibration file (from `migsim calibrate`) overriding the scenario's fixed costs
+    /// (default: the scenario's own `calibration` field, if any).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
 }
 
 /// Load a scenario file, or the default scenario when `path` is `None`.
@@ -47,8 +51,36 @@ pub fn load_scenario(path: Option<&PathBuf>, seed: Option<u64>) -> Result<sim::C
     })
 }
 
+/// Apply the calibration the simulator should use for `ck` (the `--calibration` flag, else the
+/// scenario's `calibration` field relative to its file); unchanged when there is none.
+pub fn calibrated(
+    ck: sim::Checked,
+    path: Option<&PathBuf>,
+    flag: Option<&PathBuf>,
+) -> Result<sim::Checked> {
+    let Some(file) = sim::calibration::resolve(
+        &ck.scenario,
+        path.map(|p| p.as_path()),
+        flag.map(|p| p.as_path()),
+    ) else {
+        return Ok(ck);
+    };
+    let cal = sim::calibration::Calibration::load(&file)?;
+    let mut sc = ck.scenario;
+    cal.apply(&mut sc);
+    sc.check().map_err(|errs| {
+        let list: Vec<String> = errs.iter().map(|e| format!("  - {e}")).collect();
+        anyhow::anyhow!(
+            "scenario is invalid with calibration {}:\n{}",
+            file.display(),
+            list.join("\n")
+        )
+    })
+}
+
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     let ck = load_scenario(a.scenario.as_ref(), a.seed)?;
+    let ck = calibrated(ck, a.scenario.as_ref(), a.calibration.as_ref())?;
     let res = sim::simulate(&ck, a.replicate);
     if let Some(dir) = &a.out {
         write_run_outputs(dir, std::slice::from_ref(&res))?;
