@@ -715,6 +715,7 @@ fn max_rate(w: &Workload) -> f64 {
             .iter()
             .map(|p| p.1.iter().map(|c| c.rate_pps).sum::<f64>())
             .fold(0.0, f64::max),
+        Workload::Trace(t) => t.rate_pps(),
     }
 }
 

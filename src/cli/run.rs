@@ -27,6 +27,10 @@ pub struct RunArgs {
     /// (default: the scenario's own `calibration` field, if any).
     #[arg(long)]
     pub calibration: Option<PathBuf>,
+    /// Replay a recorded write trace (`migsim real --record-trace FILE`) instead of the
+    /// scenario's workload model (exact mode).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
 }
 
 /// Load a scenario file, or the default scenario when `path` is `None`.
@@ -78,9 +82,22 @@ pub fn calibrated(
     })
 }
 
+/// Replace the workload by a recorded trace (replayed in exact mode).
+pub fn with_trace(ck: &mut sim::Checked, t: workloads::trace::Trace) {
+    ck.workload = workloads::Workload::Trace(t);
+    ck.scenario.mode = sim::scenario::Mode::Exact;
+}
+
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     let ck = load_scenario(a.scenario.as_ref(), a.seed)?;
-    let ck = calibrated(ck, a.scenario.as_ref(), a.calibration.as_ref())?;
+    let mut ck = calibrated(ck, a.scenario.as_ref(), a.calibration.as_ref())?;
+    if let Some(t) = &a.trace {
+        let f = std::fs::File::open(t)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", t.display()))?;
+        let tr = workloads::trace::Trace::read_csv(std::io::BufReader::new(f), ck.mem_pages)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", t.display()))?;
+        with_trace(&mut ck, tr);
+    }
     let res = sim::simulate(&ck, a.replicate);
     if let Some(dir) = &a.out {
         write_run_outputs(dir, std::slice::from_ref(&res))?;

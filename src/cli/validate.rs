@@ -11,11 +11,14 @@
 //!
 //! Output directory: `predictions/` (runs.csv, rounds.csv; written before any real run
 //! starts), `runs.csv` + `rounds.csv` (sim and kvm rows, for `migsim plot --kind
-//! predicted-vs-measured`), `validation.csv` (one row per scenario) and `summary.txt`.
+//! predicted-vs-measured`), `trace/` (trace-driven predictions: the simulator replaying the
+//! dirty sets each real run harvested, so workload-model error and engine error separate),
+//! `validation.csv` (one row per scenario, both errors) and `summary.txt`.
 
 use super::output::{write_atomic, write_run_outputs};
+use super::real::harvest_trace;
 use super::real::process_options;
-use super::run::{calibrated, load_scenario};
+use super::run::{calibrated, load_scenario, with_trace};
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Deserialize;
@@ -311,6 +314,28 @@ pub fn render_table(rows: &[Row]) -> String {
     s
 }
 
+pub const TRACE_HEADER: &str = "trace_downtime_ms,trace_downtime_rel_err,trace_downtime_ok,trace_total_s,trace_total_rel_err,trace_total_ok,trace_rounds,trace_rounds_ok,achieved_pps,target_pps";
+
+/// The trace-driven columns (a [`Row`] whose predictions replayed the real runs' traces).
+fn trace_cols(t: &Row) -> String {
+    format!(
+        "{},{},{},{:.4},{:.4},{},{:.2},{}",
+        opt(t.pred_downtime_ms, 3),
+        opt(
+            t.pred_downtime_ms
+                .zip(t.meas_downtime_ms)
+                .map(|(p, m)| (p - m) / m),
+            4
+        ),
+        t.downtime_ok(),
+        t.pred_total_s,
+        (t.pred_total_s - t.meas_total_s) / t.meas_total_s,
+        t.total_ok(),
+        t.pred_rounds,
+        t.rounds_ok(),
+    )
+}
+
 fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
@@ -365,10 +390,22 @@ pub fn run(a: ValidateArgs) -> Result<ExitCode> {
     }
     // 2. Measurements.
     let mut meas: Vec<RunResult> = Vec::new();
-    for (ck, _) in &cases {
+    // Trace-driven predictions: the simulator replaying the dirty sets each real run harvested.
+    let mut traced: Vec<RunResult> = Vec::new();
+    let mut rates: Vec<(f64, f64)> = Vec::new();
+    for (ck, sim_ck) in &cases {
         for r in 0..reps {
-            let run = real_backend::migrate(ck, &process_options(r, true)?)
+            let opts = real_backend::RealOptions {
+                record_trace: true,
+                ..process_options(r, true)?
+            };
+            let run = real_backend::migrate(ck, &opts)
                 .with_context(|| format!("real run of {} replicate {r}", ck.scenario.name))?;
+            let mut tck = sim_ck.clone();
+            let trace = harvest_trace(&run, tck.mem_pages);
+            with_trace(&mut tck, trace);
+            traced.push(sim::simulate(&tck, r));
+            rates.push((run.achieved_pps, run.target_pps));
             let res = run.result;
             eprintln!(
                 "{} #{r}: {} downtime {} total {:.3} s rounds {}",
@@ -386,28 +423,47 @@ pub fn run(a: ValidateArgs) -> Result<ExitCode> {
     }
     // 3. Comparison.
     let n = reps as usize;
-    let rows: Vec<Row> = (0..cases.len())
-        .map(|i| {
-            let p: Vec<&RunResult> = preds[i * n..(i + 1) * n].iter().collect();
-            let m: Vec<&RunResult> = meas[i * n..(i + 1) * n].iter().collect();
-            Row::new(&p, &m)
-        })
-        .collect();
+    let rows_of = |pred: &[RunResult]| -> Vec<Row> {
+        (0..cases.len())
+            .map(|i| {
+                let p: Vec<&RunResult> = pred[i * n..(i + 1) * n].iter().collect();
+                let m: Vec<&RunResult> = meas[i * n..(i + 1) * n].iter().collect();
+                Row::new(&p, &m)
+            })
+            .collect()
+    };
+    let rows = rows_of(&preds);
+    let trows = rows_of(&traced);
+    write_run_outputs(&out.join("trace"), &traced)?;
     let mut all = preds.clone();
     all.extend(meas.iter().cloned());
     write_run_outputs(&out, &all)?;
-    let mut csv = String::from(CSV_HEADER);
-    csv.push('\n');
-    for r in &rows {
-        csv.push_str(&csv_line(r));
-        csv.push('\n');
+    let mut csv = format!("{CSV_HEADER},{TRACE_HEADER}\n");
+    for (i, (r, t)) in rows.iter().zip(&trows).enumerate() {
+        let rs = &rates[i * n..(i + 1) * n];
+        let ach = rs.iter().map(|x| x.0).sum::<f64>() / n as f64;
+        csv.push_str(&format!(
+            "{},{},{:.0},{:.0}\n",
+            csv_line(r),
+            trace_cols(t),
+            ach,
+            rs[0].1
+        ));
     }
     write_atomic(&out.join("validation.csv"), |b| {
         b.extend_from_slice(csv.as_bytes());
         Ok(())
     })?;
-    let table = render_table(&rows);
-    let summary = summary_line(&rows);
+    let table = format!(
+        "model-driven prediction vs measurement:\n{}\ntrace-driven prediction (replaying the harvested dirty sets) vs measurement:\n{}",
+        render_table(&rows),
+        render_table(&trows)
+    );
+    let summary = format!(
+        "model-driven: {}\ntrace-driven: {}",
+        summary_line(&rows),
+        summary_line(&trows)
+    );
     write_atomic(&out.join("summary.txt"), |b| {
         b.extend_from_slice(format!("{table}\n{summary}\n").as_bytes());
         Ok(())
