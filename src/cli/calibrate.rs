@@ -150,7 +150,19 @@ pub fn run(a: CalibrateArgs) -> Result<ExitCode> {
             );
         }
     }
-    let (setup_fixed, setup_per_gib) = fit_line(&setup_pts).unwrap_or((0.0, 0.0));
+    // Destination setup (MAP_POPULATE of guest memory) is noisy on a busy nested host, with
+    // outliers of seconds: fit the line through each size's median, not through every sample.
+    let mut medians: Vec<(f64, f64)> = Vec::new();
+    for g in setup_pts.iter().map(|p| p.0).fold(Vec::<f64>::new(), |mut v, g| {
+        if !v.contains(&g) {
+            v.push(g);
+        }
+        v
+    }) {
+        let mut ys: Vec<f64> = setup_pts.iter().filter(|p| p.0 == g).map(|p| p.1).collect();
+        medians.push((g, median(&mut ys)));
+    }
+    let (setup_fixed, setup_per_gib) = fit_line(&medians).unwrap_or((0.0, 0.0));
     let (setup_fixed, setup_per_gib) = (setup_fixed.max(0.0), setup_per_gib.max(0.0));
     let sync_per_gib = fit_line(&idle_h_pts).map_or(0.0, |l| l.1.max(0.0));
     let g0 = 64.0 / 1024.0;
