@@ -153,12 +153,16 @@ pub fn run(a: CalibrateArgs) -> Result<ExitCode> {
     // Destination setup (MAP_POPULATE of guest memory) is noisy on a busy nested host, with
     // outliers of seconds: fit the line through each size's median, not through every sample.
     let mut medians: Vec<(f64, f64)> = Vec::new();
-    for g in setup_pts.iter().map(|p| p.0).fold(Vec::<f64>::new(), |mut v, g| {
-        if !v.contains(&g) {
-            v.push(g);
-        }
-        v
-    }) {
+    for g in setup_pts
+        .iter()
+        .map(|p| p.0)
+        .fold(Vec::<f64>::new(), |mut v, g| {
+            if !v.contains(&g) {
+                v.push(g);
+            }
+            v
+        })
+    {
         let mut ys: Vec<f64> = setup_pts.iter().filter(|p| p.0 == g).map(|p| p.1).collect();
         medians.push((g, median(&mut ys)));
     }

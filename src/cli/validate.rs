@@ -484,6 +484,7 @@ mod tests {
     fn run_with(dt_ms: f64, total_s: f64, rounds: u32) -> RunResult {
         let mut sc = sim::Scenario::default_scenario();
         sc.vm.memory = workloads::ByteSize(64 << 20);
+        sc.workload = workloads::WorkloadSpec::Idle(workloads::spec::IdleSpec { rate_pps: 0.0 });
         let mut r = sim::simulate(&sc.check().unwrap(), 0);
         r.report.downtime = Some(sim::metrics::Downtime {
             transfer_ns: (dt_ms * 1e6) as u64,
