@@ -54,6 +54,9 @@ pub struct LinkCalibration {
     /// Destination setup before round 0, per GiB of guest memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setup_ms_per_gib: Option<f64>,
+    /// The pacer's burst (token-bucket depth): sets `link.burst`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<workloads::ByteSize>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -131,6 +134,9 @@ impl Calibration {
         if let Some(l) = &self.link {
             if let Some(e) = l.efficiency {
                 sc.link.bandwidth.0 *= e;
+            }
+            if let Some(b) = l.burst {
+                sc.link.burst = b;
             }
             let gib = sc.vm.memory.0 as f64 / GIB as f64;
             if l.setup_ms.is_some() || l.setup_ms_per_gib.is_some() {
@@ -213,6 +219,33 @@ setup_ms_per_gib = 100
         assert_ne!(d0.total_ns(), d1.total_ns());
         // Half the bandwidth and 29 ms of setup: the total grows by more than the setup.
         assert!(cal.report.total_time_ns > base.report.total_time_ns + 29_000_000);
+    }
+
+    #[test]
+    fn burst_shortens_only_the_stop_and_copy() {
+        let mut sc = Scenario::default_scenario();
+        sc.vm.memory = workloads::ByteSize(64 * workloads::MIB);
+        sc.workload = workloads::WorkloadSpec::Uniform(workloads::spec::UniformSpec {
+            wss: workloads::ByteSize(32 * workloads::MIB),
+            rate_pps: 100_000.0,
+            offset: workloads::ByteSize(0),
+        });
+        sc.policy = crate::policy::PolicySpec::by_name("hyperv-2008r2").unwrap();
+        let base = crate::simulate(&sc.clone().check().unwrap(), 0);
+        let c: Calibration = crate::scenario::from_toml("[link]\nburst = \"256 KiB\"\n").unwrap();
+        c.apply(&mut sc);
+        assert_eq!(sc.link.burst.0, 256 * 1024);
+        let b = crate::simulate(&sc.check().unwrap(), 0);
+        let (d0, d1) = (base.report.downtime.unwrap(), b.report.downtime.unwrap());
+        assert_eq!(base.report.rounds, b.report.rounds);
+        assert!(
+            base.report.final_bytes > 256 * 1024,
+            "{}",
+            base.report.final_bytes
+        );
+        // 256 KiB at 1 Gbit/s = 2.097 ms less link time in the blackout.
+        let saved = d0.transfer_ns - d1.transfer_ns;
+        assert!((2_090_000..=2_100_000).contains(&saved), "saved {saved} ns");
     }
 
     #[test]

@@ -515,6 +515,16 @@ impl<'a> Sim<'a> {
         self.round_zero += zeros;
     }
 
+    /// Bytes of a stop-and-copy that cost link time: a link idle at the pause (`wait == 0`)
+    /// sends its `link.burst` at once.
+    fn after_burst(&self, bytes: u64, wait: Nanos) -> u64 {
+        if wait == 0 {
+            bytes.saturating_sub(self.ck.scenario.link.burst.0)
+        } else {
+            bytes
+        }
+    }
+
     fn fixed_costs(&self) -> (Nanos, Nanos, Nanos) {
         let sw = &self.ck.scenario.switchover;
         (
@@ -540,7 +550,7 @@ impl<'a> Sim<'a> {
         let dt = pause
             + sync
             + wait
-            + transfer_ns(bytes, self.link_bps)
+            + transfer_ns(self.after_burst(bytes, wait), self.link_bps)
             + self.one_way_ns
             + state
             + resume;
@@ -674,7 +684,9 @@ impl<'a> Sim<'a> {
         let d = Downtime {
             pause_ns,
             final_sync_ns: sync_ns,
-            transfer_ns: wait + transfer_ns(bytes, self.link_bps) + self.one_way_ns,
+            transfer_ns: wait
+                + transfer_ns(self.after_burst(bytes, wait), self.link_bps)
+                + self.one_way_ns,
             state_ns,
             resume_ns,
         };

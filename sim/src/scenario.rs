@@ -252,6 +252,11 @@ pub struct LinkSpec {
     /// (building the destination VM; set by calibration).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub setup_ms: f64,
+    /// Bytes the link sends at once after standing idle (a pacer's token-bucket depth): the
+    /// stop-and-copy's first `burst` bytes cost no link time when the link was idle at the
+    /// pause. Set by calibration; 0 = a fluid link.
+    #[serde(default, skip_serializing_if = "ByteSize::is_zero")]
+    pub burst: ByteSize,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -446,6 +451,7 @@ impl Scenario {
                 page_header_bytes: 8,
                 zero_page_bytes: 9,
                 setup_ms: 0.0,
+                burst: ByteSize(0),
             },
             switchover: SwitchoverSpec::default(),
             dirty_log: DirtyLogSpec::default(),
