@@ -14,6 +14,7 @@
 //! efficiency = 0.995      # achieved ÷ nominal rate under the pacer (scales link.bandwidth)
 //! setup_ms = 5            # destination setup before round 0: setup_ms + setup_ms_per_gib × GiB
 //! setup_ms_per_gib = 200
+//! burst = "256 KiB"       # optional: sets link.burst (stop-and-copy credit of an idle pacer)
 //! ```
 //!
 //! Every table and key is optional: what is absent keeps the scenario's value. Unknown keys
