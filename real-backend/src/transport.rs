@@ -162,6 +162,9 @@ pub fn sleep_until(t: u64) {
     }
 }
 
+/// Depth of the link pacer's token bucket: after standing idle the link sends this much at once.
+pub const PACER_BURST_BYTES: u64 = 256 << 10;
+
 /// A token bucket in bytes.
 #[derive(Debug)]
 pub struct TokenBucket {
@@ -277,7 +280,7 @@ impl PacedSender {
         Ok(PacedSender {
             out,
             sock,
-            bucket: TokenBucket::new(rate_bps, 256 << 10),
+            bucket: TokenBucket::new(rate_bps, PACER_BURST_BYTES),
             one_way_ns,
             bytes: 0,
             faults,

@@ -247,6 +247,9 @@ pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult
                 .map(|p| p.1.iter().map(|c| FClass::new(c, analytic)).collect())
                 .collect(),
         ),
+        // A recorded trace has no expected-count model: fluid mode sees no writes (the CLI
+        // replays traces in exact mode only).
+        Workload::Trace(_) => (vec![u64::MAX], false, vec![Vec::new()]),
     };
     let mut policy = sc.policy.build(sc.vm.vcpus);
     let mut link_bps = sc.link.bandwidth.0;

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod bitmap;
+pub mod calibration;
 pub mod engine;
 pub mod fluid;
 pub mod kinds;

@@ -530,6 +530,16 @@ impl<'a> Sim<'a> {
         self.round_zero += zeros;
     }
 
+    /// Bytes of a stop-and-copy that cost link time: a link idle at the pause (`wait == 0`)
+    /// sends its `link.burst` at once.
+    fn after_burst(&self, bytes: u64, wait: Nanos) -> u64 {
+        if wait == 0 {
+            bytes.saturating_sub(self.ck.scenario.link.burst.0)
+        } else {
+            bytes
+        }
+    }
+
     fn fixed_costs(&self) -> (Nanos, Nanos, Nanos) {
         let sw = &self.ck.scenario.switchover;
         (
@@ -555,7 +565,7 @@ impl<'a> Sim<'a> {
         let dt = pause
             + sync
             + wait
-            + transfer_ns(bytes, self.link_bps)
+            + transfer_ns(self.after_burst(bytes, wait), self.link_bps)
             + self.one_way_ns
             + state
             + resume;
@@ -689,7 +699,9 @@ impl<'a> Sim<'a> {
         let d = Downtime {
             pause_ns,
             final_sync_ns: sync_ns,
-            transfer_ns: wait + transfer_ns(bytes, self.link_bps) + self.one_way_ns,
+            transfer_ns: wait
+                + transfer_ns(self.after_burst(bytes, wait), self.link_bps)
+                + self.one_way_ns,
             state_ns,
             resume_ns,
         };
@@ -770,7 +782,7 @@ impl<'a> Sim<'a> {
 
     fn run(&mut self, replicate: u32) -> RunResult {
         let sc = &self.ck.scenario;
-        let setup = 2 * self.one_way_ns;
+        let setup = 2 * self.one_way_ns + (sc.link.setup_ms * 1e6).round() as Nanos;
         let mut max_time = (sc.limits.max_time_s * 1e9).round() as Nanos;
         if let Some(h) = self.probe.as_ref().and_then(|p| p.horizon_ns) {
             max_time = max_time.min(h.max(setup + 1));

@@ -34,6 +34,10 @@ pub struct Scenario {
     /// `analytic` (the textbook geometric model: no writable working set).
     #[serde(default, skip_serializing_if = "Mode::is_exact")]
     pub mode: Mode,
+    /// A calibration file (written by `migsim calibrate`) whose measured fixed costs replace
+    /// the defaults above when the simulator runs; resolved relative to the scenario file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +248,19 @@ pub struct LinkSpec {
     /// Wire bytes of a zero-page marker.
     #[serde(default = "nine")]
     pub zero_page_bytes: u64,
+    /// Connection and destination setup before the first page is sent, on top of one RTT
+    /// (building the destination VM; set by calibration).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub setup_ms: f64,
+    /// Bytes the link sends at once after standing idle (a pacer's token-bucket depth): the
+    /// stop-and-copy's first `burst` bytes cost no link time when the link was idle at the
+    /// pause. Set by calibration; 0 = a fluid link.
+    #[serde(default, skip_serializing_if = "ByteSize::is_zero")]
+    pub burst: ByteSize,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 fn eight() -> u64 {
@@ -433,6 +450,8 @@ impl Scenario {
                 rtt_ms: 0.2,
                 page_header_bytes: 8,
                 zero_page_bytes: 9,
+                setup_ms: 0.0,
+                burst: ByteSize(0),
             },
             switchover: SwitchoverSpec::default(),
             dirty_log: DirtyLogSpec::default(),
@@ -441,6 +460,7 @@ impl Scenario {
             transfer: TransferSpec::default(),
             migration: MigrationSpec::Live,
             mode: Mode::Exact,
+            calibration: None,
         }
     }
 
@@ -524,6 +544,7 @@ impl Scenario {
             ));
         }
         nonneg(self.link.rtt_ms, "link.rtt_ms", "ms", &mut errs);
+        nonneg(self.link.setup_ms, "link.setup_ms", "ms", &mut errs);
         if self.link.zero_page_bytes == 0 {
             errs.push(FieldError::new(
                 "link.zero_page_bytes",
@@ -717,6 +738,7 @@ fn max_rate(w: &Workload) -> f64 {
             .iter()
             .map(|p| p.1.iter().map(|c| c.rate_pps).sum::<f64>())
             .fold(0.0, f64::max),
+        Workload::Trace(t) => t.rate_pps(),
     }
 }
 

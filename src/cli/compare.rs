@@ -2,7 +2,7 @@
 //! hindsight oracle's best achievable blackout.
 
 use super::output::write_atomic;
-use super::run::load_scenario;
+use super::run::{calibrated, load_scenario};
 use anyhow::{bail, Result};
 use clap::Args;
 use rayon::prelude::*;
@@ -32,6 +32,10 @@ pub struct CompareArgs {
     /// Oracle: only stop points whose total bytes stay within this many GiB.
     #[arg(long)]
     pub oracle_max_gib: Option<f64>,
+    /// Calibration file overriding every scenario's fixed costs (default: each scenario's own
+    /// `calibration` field, if any).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
 }
 
 /// Policies that leave the guest's speed alone and finish in pre-copy: the peers the adaptive
@@ -254,10 +258,12 @@ pub fn run(a: CompareArgs) -> Result<ExitCode> {
     let policies = parse_policies(&a.policies)?;
     let mut cks = Vec::new();
     if a.scenarios.is_empty() {
-        cks.push(load_scenario(None, None)?);
+        let ck = load_scenario(None, None)?;
+        cks.push(calibrated(ck, None, a.calibration.as_ref())?);
     }
     for p in &a.scenarios {
-        cks.push(load_scenario(Some(p), None)?);
+        let ck = load_scenario(Some(p), None)?;
+        cks.push(calibrated(ck, Some(p), a.calibration.as_ref())?);
     }
     let caps = OracleCaps {
         max_total_ns: a.oracle_max_time_s.map(|s| (s * 1e9) as u64),

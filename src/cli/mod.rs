@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod bench;
+mod calibrate;
 mod check;
 mod compare;
 mod crosscheck;
@@ -16,6 +17,7 @@ mod run;
 mod scenario_cmd;
 mod sweep;
 mod table;
+mod validate;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,6 +52,10 @@ enum Command {
     Check(check::CheckArgs),
     /// Migrate a real KVM guest running the scenario's workload (live, or --quick).
     Real(real::RealArgs),
+    /// Measure the real backend's fixed costs on this host and write a calibration file.
+    Calibrate(calibrate::CalibrateArgs),
+    /// Validate the simulator against real KVM migrations on a grid of scenarios.
+    Validate(validate::ValidateArgs),
     /// The destination VMM process of `migsim real` (internal).
     #[command(name = "__dest", hide = true)]
     Dest(real::DestArgs),
@@ -90,6 +96,8 @@ pub fn main() -> ExitCode {
         Command::Plot(a) => plot::run(a),
         Command::Check(a) => check::run(a),
         Command::Real(a) => real::run(a),
+        Command::Calibrate(a) => calibrate::run(a),
+        Command::Validate(a) => validate::run(a),
         Command::Dest(a) => real::dest(a),
     };
     match res {

@@ -46,6 +46,10 @@ pub struct RealArgs {
     /// Directory for the quick-migration image (default: the system temp directory).
     #[arg(long)]
     pub image_dir: Option<PathBuf>,
+    /// Record the dirty bitmaps harvested each round and write them as a write trace
+    /// (`t_ns,page` CSV) that `migsim run --trace FILE` replays.
+    #[arg(long)]
+    pub record_trace: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -53,6 +57,47 @@ pub struct DestArgs {
     /// Address of the source VMM to connect to.
     #[arg(long)]
     pub connect: String,
+}
+
+/// The write trace of a real run: the RAM pages of each harvested dirty bitmap, spread evenly
+/// over the interval that ended at that harvest (round ends, then the final harvest just after
+/// the pause).
+pub fn harvest_trace(run: &real_backend::RealRun, mem_pages: u64) -> workloads::trace::Trace {
+    let rep = &run.result.report;
+    let end = rep.total_time_ns;
+    let pause_at = rep
+        .downtime
+        .map_or(end, |d| end.saturating_sub(d.total_ns()) + d.pause_ns);
+    let mut times: Vec<u64> = run
+        .result
+        .rounds
+        .iter()
+        .map(|r| r.start_ns + r.duration_ns)
+        .collect();
+    times.truncate(run.trace.len().saturating_sub(1));
+    while times.len() < run.trace.len() {
+        times.push(pause_at.max(times.last().copied().unwrap_or(0)));
+    }
+    let sets: Vec<Vec<u64>> = run
+        .trace
+        .iter()
+        .map(|b| b.iter_ones().take_while(|&p| p < mem_pages).collect())
+        .collect();
+    workloads::trace::from_harvests(&sets, &times)
+}
+
+/// Options for a live migration to a separate destination process (`migsim __dest`).
+pub fn process_options(replicate: u32, verify: bool) -> Result<RealOptions> {
+    let exe = std::env::current_exe().context("cannot find the migsim executable")?;
+    Ok(RealOptions {
+        replicate,
+        dest: DestLaunch::Process {
+            program: exe,
+            args: vec!["__dest".into()],
+        },
+        verify,
+        ..Default::default()
+    })
 }
 
 pub fn run(a: RealArgs) -> Result<ExitCode> {
@@ -85,6 +130,7 @@ pub fn run(a: RealArgs) -> Result<ExitCode> {
         },
         verify: !a.no_verify,
         run_after_ms: a.run_after_ms,
+        record_trace: a.record_trace.is_some(),
         ..Default::default()
     };
     let run = if a.quick {
@@ -96,6 +142,27 @@ pub fn run(a: RealArgs) -> Result<ExitCode> {
     let res = &run.result;
     if let Some(dir) = &a.out {
         write_run_outputs(dir, std::slice::from_ref(res))?;
+    }
+    if let Some(file) = &a.record_trace {
+        let t = harvest_trace(&run, ck.mem_pages);
+        let mut buf = Vec::new();
+        t.write_csv(
+            &mut buf,
+            &format!(
+                "dirty pages harvested by a real migration of {} (seed {}, replicate {}), each set spread evenly over the interval before its harvest",
+                ck.scenario.name, ck.scenario.seed, a.replicate
+            ),
+        )?;
+        super::output::write_atomic(file, |b| {
+            b.extend_from_slice(&buf);
+            Ok(())
+        })?;
+        eprintln!(
+            "wrote {} ({} writes from {} harvests)",
+            file.display(),
+            t.writes.len(),
+            run.trace.len()
+        );
     }
     if a.json {
         let mut v = metrics::summary_json(&res.report);

@@ -23,6 +23,14 @@ pub struct RunArgs {
     /// Replicate index (derives an independent seed from the scenario's).
     #[arg(long, default_value_t = 0)]
     pub replicate: u32,
+    /// Calibration file (from `migsim calibrate`) overriding the scenario's fixed costs
+    /// (default: the scenario's own `calibration` field, if any).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    /// Replay a recorded write trace (`migsim real --record-trace FILE`) instead of the
+    /// scenario's workload model (exact mode).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
 }
 
 /// Load a scenario file, or the default scenario when `path` is `None`.
@@ -47,8 +55,49 @@ pub fn load_scenario(path: Option<&PathBuf>, seed: Option<u64>) -> Result<sim::C
     })
 }
 
+/// Apply the calibration the simulator should use for `ck` (the `--calibration` flag, else the
+/// scenario's `calibration` field relative to its file); unchanged when there is none.
+pub fn calibrated(
+    ck: sim::Checked,
+    path: Option<&PathBuf>,
+    flag: Option<&PathBuf>,
+) -> Result<sim::Checked> {
+    let Some(file) = sim::calibration::resolve(
+        &ck.scenario,
+        path.map(|p| p.as_path()),
+        flag.map(|p| p.as_path()),
+    ) else {
+        return Ok(ck);
+    };
+    let cal = sim::calibration::Calibration::load(&file)?;
+    let mut sc = ck.scenario;
+    cal.apply(&mut sc);
+    sc.check().map_err(|errs| {
+        let list: Vec<String> = errs.iter().map(|e| format!("  - {e}")).collect();
+        anyhow::anyhow!(
+            "scenario is invalid with calibration {}:\n{}",
+            file.display(),
+            list.join("\n")
+        )
+    })
+}
+
+/// Replace the workload by a recorded trace (replayed in exact mode).
+pub fn with_trace(ck: &mut sim::Checked, t: workloads::trace::Trace) {
+    ck.workload = workloads::Workload::Trace(t);
+    ck.scenario.mode = sim::scenario::Mode::Exact;
+}
+
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     let ck = load_scenario(a.scenario.as_ref(), a.seed)?;
+    let mut ck = calibrated(ck, a.scenario.as_ref(), a.calibration.as_ref())?;
+    if let Some(t) = &a.trace {
+        let f = std::fs::File::open(t)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", t.display()))?;
+        let tr = workloads::trace::Trace::read_csv(std::io::BufReader::new(f), ck.mem_pages)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", t.display()))?;
+        with_trace(&mut ck, tr);
+    }
     let res = sim::simulate(&ck, a.replicate);
     if let Some(dir) = &a.out {
         write_run_outputs(dir, std::slice::from_ref(&res))?;

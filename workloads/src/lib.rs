@@ -11,6 +11,7 @@
 
 pub mod spec;
 pub mod stream;
+pub mod trace;
 pub mod units;
 
 pub use spec::{FieldError, Workload, WorkloadSpec};

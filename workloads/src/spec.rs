@@ -154,6 +154,9 @@ pub enum Workload {
         phases: Vec<(u64, Vec<Class>)>,
         repeat: bool,
     },
+    /// A recorded sequence of `(t_ns, page)` writes, replayed as it is (no seed involved);
+    /// no writes after its end.
+    Trace(crate::trace::Trace),
 }
 
 impl Workload {
@@ -164,6 +167,7 @@ impl Workload {
             Workload::Phased { phases, .. } => phases
                 .first()
                 .map_or(0.0, |p| p.1.iter().map(|c| c.rate_pps).sum()),
+            Workload::Trace(t) => t.rate_pps(),
         }
     }
 }

@@ -99,6 +99,10 @@ impl ClassStream {
 
 enum Inner {
     Classes(Vec<ClassStream>),
+    Trace {
+        writes: std::sync::Arc<Vec<(u64, u64)>>,
+        pos: usize,
+    },
     Phased {
         phases: Vec<(u64, Vec<Class>)>,
         repeat: bool,
@@ -129,6 +133,10 @@ impl WriteStream {
     pub fn new(workload: &Workload, seed: u64) -> Self {
         let inner = match workload {
             Workload::Classes(c) => Inner::Classes(class_streams(c, seed, 0)),
+            Workload::Trace(t) => Inner::Trace {
+                writes: t.writes.clone(),
+                pos: 0,
+            },
             Workload::Phased { phases, repeat } => Inner::Phased {
                 current: class_streams(&phases[0].1, seed, 0),
                 phases: phases.clone(),
@@ -166,6 +174,16 @@ impl WriteStream {
             Inner::Classes(cs) => {
                 for c in cs.iter_mut() {
                     self.total += c.advance(t_ns, &mut sink);
+                }
+            }
+            Inner::Trace { writes, pos } => {
+                while let Some(&(t, p)) = writes.get(*pos) {
+                    if t > t_ns {
+                        break;
+                    }
+                    sink(p);
+                    *pos += 1;
+                    self.total += 1;
                 }
             }
             Inner::Phased {
@@ -231,6 +249,18 @@ mod tests {
         let mut c = Vec::new();
         WriteStream::new(&w, 8).advance_to(1_000_000_000, |p| c.push(p));
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn trace_replays_its_writes_in_time_order() {
+        let w = Workload::Trace(crate::trace::Trace::new(vec![(30, 5), (10, 1), (20, 2)]));
+        let mut s = WriteStream::new(&w, 99);
+        let mut v = Vec::new();
+        s.advance_to(20, |p| v.push(p));
+        assert_eq!(v, vec![1, 2]);
+        s.advance_to(1000, |p| v.push(p));
+        assert_eq!(v, vec![1, 2, 5]);
+        assert_eq!(s.total_writes(), 3);
     }
 
     #[test]

@@ -44,6 +44,10 @@ fn split_number(s: &str) -> Result<(f64, String), String> {
 }
 
 impl ByteSize {
+    pub fn is_zero(&self) -> bool {
+        self.0 == 0
+    }
+
     pub fn parse(s: &str) -> Result<Self, String> {
         let (value, unit) = split_number(s)?;
         let mult: u64 = match unit.as_str() {
