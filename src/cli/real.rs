@@ -19,18 +19,8 @@ pub struct RealArgs {
     /// Scenario file (TOML). Without it, the built-in default scenario runs with its memory
     /// scaled down to 1 GiB.
     pub scenario: Option<PathBuf>,
-    /// Directory to write runs.csv, rounds.csv and summary.json into.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Print the summary as JSON on stdout instead of the readable table.
-    #[arg(long)]
-    pub json: bool,
-    /// Override the scenario's seed.
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Replicate index (derives an independent seed from the scenario's).
-    #[arg(long, default_value_t = 0)]
-    pub replicate: u32,
+    #[command(flatten)]
+    pub common: super::run::RunOutputArgs,
     /// Quick migration: pause, save the whole VM to a file, restore it in the destination.
     #[arg(long)]
     pub quick: bool,
@@ -101,7 +91,7 @@ pub fn process_options(replicate: u32, verify: bool) -> Result<RealOptions> {
 }
 
 pub fn run(a: RealArgs) -> Result<ExitCode> {
-    let mut ck = load_scenario(a.scenario.as_ref(), a.seed)?;
+    let mut ck = load_scenario(a.scenario.as_ref(), a.common.seed)?;
     if a.scenario.is_none() && ck.mem_bytes() > DEFAULT_REAL_MEMORY {
         let mut sc = ck.scenario.clone();
         eprintln!(
@@ -118,7 +108,7 @@ pub fn run(a: RealArgs) -> Result<ExitCode> {
     }
     let exe = std::env::current_exe().context("cannot find the migsim executable")?;
     let opts = RealOptions {
-        replicate: a.replicate,
+        replicate: a.common.replicate,
         mode: if a.check {
             GuestMode::Check
         } else {
@@ -140,7 +130,7 @@ pub fn run(a: RealArgs) -> Result<ExitCode> {
         real_backend::migrate(&ck, &opts)?
     };
     let res = &run.result;
-    if let Some(dir) = &a.out {
+    if let Some(dir) = &a.common.out {
         write_run_outputs(dir, std::slice::from_ref(res))?;
     }
     if let Some(file) = &a.record_trace {
@@ -150,7 +140,7 @@ pub fn run(a: RealArgs) -> Result<ExitCode> {
             &mut buf,
             &format!(
                 "dirty pages harvested by a real migration of {} (seed {}, replicate {}), each set spread evenly over the interval before its harvest",
-                ck.scenario.name, ck.scenario.seed, a.replicate
+                ck.scenario.name, ck.scenario.seed, a.common.replicate
             ),
         )?;
         super::output::write_atomic(file, |b| {
@@ -164,7 +154,7 @@ pub fn run(a: RealArgs) -> Result<ExitCode> {
             run.trace.len()
         );
     }
-    if a.json {
+    if a.common.json {
         let mut v = metrics::summary_json(&res.report);
         v["kvm"] = serde_json::json!({
             "verified": run.verified,
@@ -230,7 +220,7 @@ pub fn run(a: RealArgs) -> Result<ExitCode> {
                 }
             );
         }
-        if let Some(dir) = &a.out {
+        if let Some(dir) = &a.common.out {
             println!(
                 "wrote {}/{{runs.csv,rounds.csv,summary.json}}",
                 dir.display()

@@ -7,10 +7,9 @@ use sim::{metrics, Scenario};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Seed, replicate and output options shared by `run` and `real`.
 #[derive(Args, Debug)]
-pub struct RunArgs {
-    /// Scenario file (TOML). Without it, the built-in default scenario runs.
-    pub scenario: Option<PathBuf>,
+pub struct RunOutputArgs {
     /// Directory to write runs.csv, rounds.csv and summary.json into.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -23,6 +22,14 @@ pub struct RunArgs {
     /// Replicate index (derives an independent seed from the scenario's).
     #[arg(long, default_value_t = 0)]
     pub replicate: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Scenario file (TOML). Without it, the built-in default scenario runs.
+    pub scenario: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: RunOutputArgs,
     /// Calibration file (from `migsim calibrate`) overriding the scenario's fixed costs
     /// (default: the scenario's own `calibration` field, if any).
     #[arg(long)]
@@ -89,7 +96,7 @@ pub fn with_trace(ck: &mut sim::Checked, t: workloads::trace::Trace) {
 }
 
 pub fn run(a: RunArgs) -> Result<ExitCode> {
-    let ck = load_scenario(a.scenario.as_ref(), a.seed)?;
+    let ck = load_scenario(a.scenario.as_ref(), a.common.seed)?;
     let mut ck = calibrated(ck, a.scenario.as_ref(), a.calibration.as_ref())?;
     if let Some(t) = &a.trace {
         let f = std::fs::File::open(t)
@@ -98,18 +105,18 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", t.display()))?;
         with_trace(&mut ck, tr);
     }
-    let res = sim::simulate(&ck, a.replicate);
-    if let Some(dir) = &a.out {
+    let res = sim::simulate(&ck, a.common.replicate);
+    if let Some(dir) = &a.common.out {
         write_run_outputs(dir, std::slice::from_ref(&res))?;
     }
-    if a.json {
+    if a.common.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&metrics::summary_json(&res.report))?
         );
     } else {
         print!("{}", metrics::render_summary(&res));
-        if let Some(dir) = &a.out {
+        if let Some(dir) = &a.common.out {
             println!(
                 "wrote {}/{{runs.csv,rounds.csv,summary.json}}",
                 dir.display()
