@@ -512,13 +512,24 @@ pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult
                 false,
             );
         }
-        if end_round <= t {
+        let trigger = if end_round <= t {
             f.send_pages = 0.0;
             f.send_bytes = 0.0;
-            pending_trigger = Some(Trigger::RoundEnd);
+            Some(Trigger::RoundEnd)
+        } else {
+            match (next_tick, tick) {
+                (Some(nt), Some(p)) if t >= nt => {
+                    next_tick = Some(nt + p);
+                    Some(Trigger::Tick)
+                }
+                _ => None,
+            }
+        };
+        if let Some(trig) = trigger {
+            pending_trigger = Some(trig);
             decision = policy.decide(&observe(
                 &f,
-                Trigger::RoundEnd,
+                trig,
                 t,
                 round,
                 round_pages,
@@ -529,24 +540,6 @@ pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult
                 last_round,
                 last_bw,
             ));
-        } else if let (Some(nt), Some(p)) = (next_tick, tick) {
-            if t >= nt {
-                next_tick = Some(nt + p);
-                pending_trigger = Some(Trigger::Tick);
-                decision = policy.decide(&observe(
-                    &f,
-                    Trigger::Tick,
-                    t,
-                    round,
-                    round_pages,
-                    round_bytes,
-                    total_pages,
-                    total_bytes,
-                    round_start,
-                    last_round,
-                    last_bw,
-                ));
-            }
         }
     };
     let (status, reason, at, moved) = outcome;
