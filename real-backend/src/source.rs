@@ -534,6 +534,8 @@ impl<'a> Driver<'a> {
                 self.collect_dirty(false)?;
                 let d = self.policy.decide(&self.observe(Trigger::RoundEnd));
                 out = self.apply(d, true)?;
+                // A sync restarts the check clock (as in QEMU and the simulator).
+                next_tick = tick.map(|p| self.now() + p);
                 continue;
             }
             if let Err(e) = self.send_batch() {
@@ -543,8 +545,13 @@ impl<'a> Driver<'a> {
                 if self.now() >= nt {
                     self.collect_dirty(false)?;
                     let d = self.policy.decide(&self.observe(Trigger::Tick));
+                    let round = self.round;
                     out = self.apply(d, false)?;
-                    next_tick = Some(nt + p * ((self.now() - nt) / p + 1));
+                    next_tick = Some(if self.round != round {
+                        self.now() + p
+                    } else {
+                        nt + p * ((self.now() - nt) / p + 1)
+                    });
                 }
             }
         }

@@ -461,6 +461,8 @@ pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult
             let at = t + cost;
             f.run_guest(at - t);
             t = at;
+            // The check clock restarts after a sync, as in the exact engine.
+            next_tick = tick.map(|p| t + p);
             pending_trigger = Some(Trigger::AfterSync);
             decision = policy.decide(&observe(
                 &f,

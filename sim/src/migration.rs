@@ -40,8 +40,8 @@ const PPM: u64 = 1_000_000;
 enum Event {
     /// The sender is free to put the next chunk on the link.
     Send,
-    /// Periodic policy check.
-    Tick,
+    /// Periodic policy check; stale when its generation is not the current one.
+    Tick(u32),
     /// Simulated-time cap.
     Timeout,
 }
@@ -194,6 +194,9 @@ struct Sim<'a> {
     zero_sent: u64,
     resent: u64,
     round: u32,
+    /// The policy's check period, and the generation of the pending check event.
+    tick: Option<Nanos>,
+    tick_gen: u32,
     round_start: Nanos,
     round_bytes: u64,
     round_pages: u64,
@@ -247,6 +250,8 @@ impl<'a> Sim<'a> {
             overlap: 0,
             send_zero: 0,
             cursor: 0,
+            tick: None,
+            tick_gen: 0,
             stream: WriteStream::new(&ck.workload, seed),
             guest_writes: 0,
             xbzrle,
@@ -444,6 +449,12 @@ impl<'a> Sim<'a> {
         self.round_pages = 0;
         self.round_zero = 0;
         self.sender_ready_at = self.sender_ready_at.max(t + cost);
+        // As in QEMU's iteration loop, the next periodic check comes one period after the
+        // sync (a round end restarts the check clock), not on a fixed grid.
+        if let Some(p) = self.tick {
+            self.tick_gen = self.tick_gen.wrapping_add(1);
+            self.q.schedule(t + cost + p, Event::Tick(self.tick_gen));
+        }
         cost
     }
 
@@ -609,13 +620,20 @@ impl<'a> Sim<'a> {
         Outcome::Running
     }
 
-    fn on_tick(&mut self, t: Nanos, period: Nanos) -> Outcome {
+    fn on_tick(&mut self, t: Nanos, gen: u32) -> Outcome {
+        let Some(period) = self.tick else {
+            return Outcome::Running;
+        };
+        if gen != self.tick_gen {
+            return Outcome::Running; // superseded by a sync
+        }
         self.apply_writes(t);
         let obs = self.observe(Trigger::Tick, t);
         let d = self.policy.decide(&obs);
+        let round = self.round;
         let out = self.apply(d, t, false);
-        if matches!(out, Outcome::Running) {
-            self.q.schedule(t + period, Event::Tick);
+        if matches!(out, Outcome::Running) && self.round == round {
+            self.q.schedule(t + period, Event::Tick(self.tick_gen));
         }
         out
     }
@@ -811,11 +829,11 @@ impl<'a> Sim<'a> {
             }
             _ => Outcome::Running,
         };
-        let tick = self.policy.tick_ns();
+        self.tick = self.policy.tick_ns();
         if matches!(outcome, Outcome::Running) {
             self.q.schedule(setup, Event::Send);
-            if let Some(p) = tick {
-                self.q.schedule(setup + p, Event::Tick);
+            if let Some(p) = self.tick {
+                self.q.schedule(setup + p, Event::Tick(self.tick_gen));
             }
         }
         while matches!(outcome, Outcome::Running) {
@@ -834,7 +852,7 @@ impl<'a> Sim<'a> {
                     why: format!("simulated-time cap of {} s reached", sc.limits.max_time_s),
                 },
                 Event::Send => self.on_send(t),
-                Event::Tick => self.on_tick(t, tick.unwrap_or(1)),
+                Event::Tick(gen) => self.on_tick(t, gen),
             };
         }
         let mut postcopy = None;

@@ -18,6 +18,9 @@ pub struct BenchArgs {
     /// Only run cases whose name contains this.
     #[arg(long)]
     pub only: Option<String>,
+    /// Also list the N slowest scenarios of the fluid grid (where the time goes).
+    #[arg(long, default_value_t = 0)]
+    pub slowest: usize,
 }
 
 fn exact_16g() -> Scenario {
@@ -155,6 +158,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             rates.push(grid.len() as f64 / t0.elapsed().as_secs_f64());
         }
         let max = rates.iter().copied().fold(0.0, f64::max);
+        let slow = slowest_scenarios(&grid, a.slowest);
         println!(
             "{:<26} {:>10.0} /s {:>10.0} /s  {:<28} ≥ 100,000 scenarios/s per core",
             "fluid-standard-grid",
@@ -162,6 +166,9 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             max,
             format!("{} scenarios, 1 thread, CSV rows", grid.len())
         );
+        for line in slow {
+            println!("    {line}");
+        }
     }
     if want("startup") {
         let exe = std::env::current_exe()?;
@@ -185,4 +192,37 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `n` scenarios of `grid` that take longest to simulate (best of 3), slowest first.
+fn slowest_scenarios(grid: &[sim::Checked], n: usize) -> Vec<String> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut timed: Vec<(f64, String)> = grid
+        .iter()
+        .map(|ck| {
+            let mut best = f64::INFINITY;
+            let mut r = None;
+            for _ in 0..3 {
+                let t0 = Instant::now();
+                r = Some(sim::simulate(ck, 0));
+                best = best.min(t0.elapsed().as_secs_f64() * 1e6);
+            }
+            let r = r.expect("ran at least once").report;
+            let what = format!(
+                "{:>9.1} µs  {:<22} {:<10} {:>5.0} Gbit/s  {:<9} {:>6} rounds  {:.1} s",
+                best,
+                r.policy,
+                r.workload,
+                r.link_bps / 1e9,
+                r.status.as_str(),
+                r.rounds,
+                r.total_time_ns as f64 / 1e9
+            );
+            (best, what)
+        })
+        .collect();
+    timed.sort_by(|a, b| b.0.total_cmp(&a.0));
+    timed.into_iter().take(n).map(|(_, s)| s).collect()
 }
