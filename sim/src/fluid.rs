@@ -16,73 +16,143 @@
 use crate::engine::Nanos;
 use crate::metrics::{Downtime, RoundRecord, RunReport, RunResult, Status};
 use crate::migration::transfer_ns;
-use crate::policy::{Decision, Observation, RoundSummary, StopReason, Trigger};
+use crate::policy::{Decision, Observation, RoundSummary, SteadyTicks, StopReason, Trigger};
 use crate::scenario::Checked;
 use workloads::spec::{Class, Pattern, Workload};
 
 const MAX_ROUNDS: u32 = 100_000;
 const MIN_SYNC_NS: f64 = 1_000.0;
+/// Zipf ranks kept as single pages before buckets grow geometrically.
+const ZIPF_EXACT_RANKS: u64 = 16;
+/// Growth ratio of Zipf rank buckets beyond the exact ranks.
+const ZIPF_BUCKET_RATIO: f64 = 1.15;
 
-/// How a class turns writes into distinct pages.
-#[derive(Clone, Debug)]
+/// How a segment turns writes into distinct pages.
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Curve {
+    /// Writes spread uniformly: W(1 − e^(−n/W)).
     Uniform,
+    /// A sequential scan: min(W, n).
     Sequential,
-    /// Rank buckets: (pages in bucket, per-page probability).
-    Buckets(Vec<(f64, f64)>),
+    /// The geometric model: every write is a new page.
     Linear,
 }
 
+/// A contiguous address range written by one class (a Zipf class is split into rank buckets,
+/// each uniform within itself), or memory no class writes (rate 0). Within a segment, dirty
+/// pages and send-set pages are taken as uniformly spread.
 #[derive(Clone, Debug)]
-struct FClass {
+struct Seg {
     first: f64,
     pages: f64,
+    /// Writes per second of guest time while the segment's phase runs.
     rate: f64,
+    /// Phase the segment belongs to (`usize::MAX`: never written).
+    phase: usize,
     curve: Curve,
+    /// Writes since the last sync.
+    writes: f64,
+    /// Pages of the send set in this segment when the current iteration began.
+    send: f64,
 }
 
-impl FClass {
-    fn new(c: &Class, analytic: bool) -> Self {
-        let curve = if analytic {
-            Curve::Linear
-        } else {
-            match c.pattern {
-                Pattern::Uniform => Curve::Uniform,
-                Pattern::Sequential => Curve::Sequential,
-                Pattern::Zipf { exponent } => Curve::Buckets(zipf_buckets(c.pages, exponent)),
-            }
-        };
-        FClass {
-            first: c.first_page as f64,
-            pages: c.pages as f64,
-            rate: c.rate_pps,
-            curve,
-        }
-    }
-
+impl Seg {
     /// Expected distinct pages after `n` writes.
+    #[inline]
     fn distinct(&self, n: f64) -> f64 {
         if n <= 0.0 {
             return 0.0;
         }
-        match &self.curve {
-            Curve::Uniform => self.pages * -(-n / self.pages).exp_m1(),
+        match self.curve {
+            Curve::Uniform => {
+                let x = n / self.pages;
+                if x > 40.0 {
+                    self.pages // saturated: e^(−40) is below f64's resolution of 1
+                } else if x < 1e-5 {
+                    n * (1.0 - 0.5 * x) // second-order series; the next term is below 1e-10
+                } else {
+                    self.pages * -(-x).exp_m1()
+                }
+            }
             Curve::Sequential => n.min(self.pages),
             Curve::Linear => n,
-            Curve::Buckets(b) => b.iter().map(|&(cnt, p)| cnt * -(-n * p).exp_m1()).sum(),
+        }
+    }
+
+    /// Share of the segment the sender's sweep has passed: the sweep started at `x0` and has
+    /// advanced `s` pages through an address space of `mem` pages, wrapping at the end.
+    #[inline]
+    fn swept(&self, x0: f64, s: f64, mem: f64) -> f64 {
+        let (a, b) = (self.first, self.first + self.pages);
+        let cover = |lo: f64, hi: f64| (hi.min(b) - lo.max(a)).max(0.0);
+        let end = x0 + s;
+        let c = if end <= mem {
+            cover(x0, end)
+        } else {
+            cover(x0, mem) + cover(0.0, (end - mem).min(x0))
+        };
+        (c / self.pages).min(1.0)
+    }
+}
+
+/// Split a class into segments.
+fn class_segments(c: &Class, phase: usize, analytic: bool, out: &mut Vec<Seg>) {
+    let seg = |first: f64, pages: f64, rate: f64, curve| Seg {
+        first,
+        pages,
+        rate,
+        phase,
+        curve,
+        writes: 0.0,
+        send: 0.0,
+    };
+    match (analytic, c.pattern) {
+        (true, _) => out.push(seg(
+            c.first_page as f64,
+            c.pages as f64,
+            c.rate_pps,
+            Curve::Linear,
+        )),
+        (false, Pattern::Uniform) => out.push(seg(
+            c.first_page as f64,
+            c.pages as f64,
+            c.rate_pps,
+            Curve::Uniform,
+        )),
+        (false, Pattern::Sequential) => out.push(seg(
+            c.first_page as f64,
+            c.pages as f64,
+            c.rate_pps,
+            Curve::Sequential,
+        )),
+        (false, Pattern::Zipf { exponent }) => {
+            let mut rank0 = 0.0;
+            for (n, share) in zipf_buckets(c.pages, exponent) {
+                out.push(seg(
+                    c.first_page as f64 + rank0,
+                    n,
+                    c.rate_pps * share,
+                    Curve::Uniform,
+                ));
+                rank0 += n;
+            }
         }
     }
 }
 
-/// Zipf rank buckets (exact for the first 256 ranks, then geometric with ratio 1.05).
+/// Zipf rank buckets as (pages, share of the writes): single ranks first, then buckets growing
+/// by [`ZIPF_BUCKET_RATIO`]. Within a bucket the probability varies by at most that ratio to
+/// the power of the exponent, which the uniform-within-bucket curve averages.
 fn zipf_buckets(pages: u64, s: f64) -> Vec<(f64, f64)> {
     let mut bounds = Vec::new();
     let mut lo = 1u64;
     while lo <= pages {
-        let hi = if lo < 256 {
+        let hi = if lo <= ZIPF_EXACT_RANKS {
             lo
         } else {
-            ((lo as f64 * 1.05) as u64).max(lo + 1).min(pages)
+            ((lo as f64 * ZIPF_BUCKET_RATIO) as u64)
+                .max(lo + 1)
+                .min(pages)
         };
         bounds.push((lo, hi.min(pages)));
         lo = hi.min(pages) + 1;
@@ -101,15 +171,156 @@ fn zipf_buckets(pages: u64, s: f64) -> Vec<(f64, f64)> {
     bounds
         .iter()
         .zip(ws)
-        .map(|(&(l, h), w)| ((h - l + 1) as f64, w / total / (h - l + 1) as f64))
+        .map(|(&(l, h), w)| ((h - l + 1) as f64, w / total))
         .collect()
+}
+
+/// Segments for a workload: every class of every phase, plus rate-0 segments for the memory no
+/// class of the first phase covers, so that the first iteration's send set (all memory) is the
+/// sum of the segments of phase 0 and the gaps.
+fn segments(phases: &[Vec<Class>], mem: u64, analytic: bool) -> Vec<Seg> {
+    let mut segs = Vec::new();
+    for (i, classes) in phases.iter().enumerate() {
+        for c in classes.iter().filter(|c| c.pages > 0) {
+            class_segments(c, i, analytic, &mut segs);
+        }
+    }
+    // Gaps around phase 0's classes.
+    let mut covered: Vec<(u64, u64)> = phases
+        .first()
+        .map(|cs| {
+            cs.iter()
+                .filter(|c| c.pages > 0)
+                .map(|c| (c.first_page, c.first_page + c.pages))
+                .collect()
+        })
+        .unwrap_or_default();
+    covered.sort_unstable();
+    let mut at = 0u64;
+    let mut gaps = Vec::new();
+    for (a, b) in covered {
+        if a > at {
+            gaps.push((at, a));
+        }
+        at = at.max(b);
+    }
+    if at < mem {
+        gaps.push((at, mem));
+    }
+    for (a, b) in gaps {
+        segs.push(Seg {
+            first: a as f64,
+            pages: (b - a) as f64,
+            rate: 0.0,
+            phase: usize::MAX,
+            curve: Curve::Uniform,
+            writes: 0.0,
+            send: 0.0,
+        });
+    }
+    for sg in &mut segs {
+        if sg.phase == 0 || sg.phase == usize::MAX {
+            sg.send = sg.pages;
+        }
+    }
+    segs
+}
+
+/// The send set's density along the address space: elementary intervals between segment
+/// boundaries, each with the send-set pages per address it holds this iteration.
+#[derive(Clone, Debug)]
+struct Sweep {
+    /// Interval starts (sorted, first 0) and ends.
+    lo: Vec<f64>,
+    hi: Vec<f64>,
+    /// Segments overlapping each interval.
+    members: Vec<Vec<usize>>,
+    density: Vec<f64>,
+    /// Where this iteration's sweep began, and how far it has gone (pages of address space).
+    x0: f64,
+    s: f64,
+    /// Interval holding the sweep position.
+    at: usize,
+}
+
+impl Sweep {
+    fn new(segs: &[Seg], mem: f64) -> Self {
+        let mut cuts: Vec<f64> = vec![0.0, mem];
+        for sg in segs {
+            cuts.push(sg.first);
+            cuts.push((sg.first + sg.pages).min(mem));
+        }
+        cuts.sort_by(|a, b| a.total_cmp(b));
+        cuts.dedup();
+        let (mut lo, mut hi, mut members) = (Vec::new(), Vec::new(), Vec::new());
+        for w in cuts.windows(2) {
+            if w[1] <= w[0] {
+                continue;
+            }
+            lo.push(w[0]);
+            hi.push(w[1]);
+            members.push(
+                segs.iter()
+                    .enumerate()
+                    .filter(|(_, sg)| sg.first < w[1] && sg.first + sg.pages > w[0])
+                    .map(|(i, _)| i)
+                    .collect(),
+            );
+        }
+        let n = lo.len();
+        let mut sw = Sweep {
+            lo,
+            hi,
+            members,
+            density: vec![0.0; n],
+            x0: 0.0,
+            s: 0.0,
+            at: 0,
+        };
+        sw.restart(segs, 0.0);
+        sw
+    }
+
+    /// A new iteration begins at address `x0` with the segments' current send sets.
+    fn restart(&mut self, segs: &[Seg], x0: f64) {
+        for (d, m) in self.density.iter_mut().zip(&self.members) {
+            *d = m
+                .iter()
+                .map(|&i| segs[i].send / segs[i].pages.max(1.0))
+                .sum();
+        }
+        self.x0 = x0;
+        self.s = 0.0;
+        self.at = self.lo.partition_point(|&l| l <= x0).saturating_sub(1);
+    }
+
+    /// Advance the sweep past `pages` pages of the send set (never beyond one full turn).
+    fn advance(&mut self, mut pages: f64, mem: f64) {
+        let n = self.lo.len();
+        while pages > 0.0 && self.s < mem {
+            let x = (self.x0 + self.s) % mem;
+            let i = self.at;
+            let room = (self.hi[i] - x).max(0.0).min(mem - self.s);
+            let d = self.density[i];
+            let need = if d > 0.0 { pages / d } else { f64::INFINITY };
+            if need < room {
+                self.s += need;
+                return;
+            }
+            self.s += room;
+            pages -= room * d;
+            self.at = (i + 1) % n;
+        }
+    }
 }
 
 struct Fluid<'a> {
     ck: &'a Checked,
-    classes: Vec<Vec<FClass>>,
+    segs: Vec<Seg>,
+    sweep: Sweep,
     phases: Vec<Nanos>,
     repeat: bool,
+    analytic: bool,
     mem: f64,
     page_wire: f64,
     zero_wire: f64,
@@ -118,9 +329,6 @@ struct Fluid<'a> {
     // send set: pages and bytes left in this iteration
     send_pages: f64,
     send_bytes: f64,
-    /// Writes per class since the last sync (current phase's classes).
-    writes: Vec<f64>,
-    dirty_base: f64,
     throttle: f64,
     guest_ns: f64,
     guest_writes: f64,
@@ -148,14 +356,28 @@ impl Fluid<'_> {
         (self.phases.len() - 1, f64::INFINITY)
     }
 
+    /// Expected pages dirtied since the last sync, and how many of them are still ahead of
+    /// the sender in this iteration's send set (they go out in this iteration anyway).
+    fn dirty_overlap(&self) -> (f64, f64) {
+        let (mut dirty, mut overlap) = (0.0, 0.0);
+        let (x0, s, mem) = (self.sweep.x0, self.sweep.s, self.mem);
+        for sg in &self.segs {
+            if sg.writes <= 0.0 {
+                continue;
+            }
+            let d = sg.distinct(sg.writes);
+            dirty += d;
+            if !self.analytic && sg.send > 0.0 {
+                let ahead = sg.send * (1.0 - sg.swept(x0, s, mem));
+                overlap += d * (ahead / sg.pages).min(1.0);
+            }
+        }
+        let dirty = dirty.min(mem);
+        (dirty, overlap.min(dirty))
+    }
+
     fn dirty(&self) -> f64 {
-        let (ph, _) = self.phase_at(self.guest_ns);
-        let d: f64 = self.classes[ph]
-            .iter()
-            .zip(&self.writes)
-            .map(|(c, &n)| c.distinct(n))
-            .sum();
-        (self.dirty_base + d).min(self.mem)
+        self.dirty_overlap().0
     }
 
     /// Let `wall_dt` ns of wall time pass for the guest.
@@ -164,24 +386,48 @@ impl Fluid<'_> {
         while g > 0.0 {
             let (ph, left) = self.phase_at(self.guest_ns);
             let step = g.min(left.max(1.0));
-            for (c, n) in self.classes[ph].iter().zip(self.writes.iter_mut()) {
-                *n += c.rate * step / 1e9;
-                self.guest_writes += c.rate * step / 1e9;
+            for sg in self.segs.iter_mut().filter(|sg| sg.phase == ph) {
+                let w = sg.rate * step / 1e9;
+                sg.writes += w;
+                self.guest_writes += w;
             }
             self.guest_ns += step;
             g -= step;
-            let (ph2, _) = self.phase_at(self.guest_ns);
-            if ph2 != ph {
-                // Phase change: freeze what the old phase dirtied; the new phase starts afresh.
-                let d: f64 = self.classes[ph]
-                    .iter()
-                    .zip(&self.writes)
-                    .map(|(c, &n)| c.distinct(n))
-                    .sum();
-                self.dirty_base += d;
-                self.writes = vec![0.0; self.classes[ph2].len()];
-            }
         }
+    }
+
+    /// Send `pages` pages (`bytes` on the wire) of this iteration's send set.
+    fn send(&mut self, pages: f64, bytes: f64) {
+        self.send_pages = (self.send_pages - pages).max(0.0);
+        self.send_bytes = (self.send_bytes - bytes).max(0.0);
+        self.sweep.advance(pages, self.mem);
+    }
+
+    /// Harvest the dirty log: the dirty pages not already pending join the send set and a new
+    /// iteration starts where the sender stands. Returns the pages harvested.
+    fn harvest(&mut self, dirty: f64, overlap: f64, wire_avg: f64) -> f64 {
+        let (x0, s, mem) = (self.sweep.x0, self.sweep.s, self.mem);
+        for sg in &mut self.segs {
+            let ahead = sg.send * (1.0 - sg.swept(x0, s, mem));
+            let d = sg.distinct(sg.writes);
+            let o = if self.analytic {
+                0.0
+            } else {
+                d * (ahead / sg.pages).min(1.0)
+            };
+            sg.send = if self.analytic {
+                ahead + d
+            } else {
+                (ahead + d - o).min(sg.pages)
+            };
+            sg.writes = 0.0;
+        }
+        let new = dirty - overlap;
+        self.send_bytes = self.send_bytes.min(self.send_pages * wire_avg) + new * self.page_wire;
+        self.send_pages += new;
+        let x = (x0 + s) % mem;
+        self.sweep.restart(&self.segs, x);
+        new
     }
 
     fn sync_cost(&self, dirty: f64) -> f64 {
@@ -192,65 +438,75 @@ impl Fluid<'_> {
     }
 }
 
-/// Expected zero pages written before the round-0 cursor reaches them, for zero fraction `z`,
-/// round-0 duration `t0_ns`, with the cursor moving through memory at a steady pace (page x is
-/// sent at x·t0/mem). Integrated numerically over each class's region.
-fn zero_pages_lost(classes: &[FClass], z: f64, mem: f64, t0_ns: f64) -> f64 {
-    const STEPS: usize = 256;
+/// Expected zero pages written before the first iteration's sender reaches them, for zero
+/// fraction `z`, first-iteration duration `t0_ns`, with the sender moving through memory at a
+/// steady pace (page x is sent at x·t0/mem). Closed form per segment.
+fn zero_pages_lost(segs: &[Seg], z: f64, mem: f64, t0_ns: f64) -> f64 {
+    let tau = t0_ns / mem / 1e9; // seconds until the sender reaches page x, per page
     let mut lost = 0.0;
-    for c in classes {
-        if c.rate <= 0.0 || c.pages <= 0.0 {
+    for sg in segs.iter().filter(|sg| sg.phase == 0) {
+        if sg.rate <= 0.0 || sg.pages <= 0.0 {
             continue;
         }
-        let reach = |x: f64| x * t0_ns / mem / 1e9; // seconds until the cursor reaches page x
-        match &c.curve {
-            Curve::Buckets(b) => {
-                let mut rank0 = 0.0;
-                for &(n, p) in b {
-                    let mid = c.first + rank0 + n / 2.0;
-                    lost += n * -(-c.rate * p * reach(mid)).exp_m1();
-                    rank0 += n;
+        let (a, w) = (sg.first, sg.pages);
+        lost += match sg.curve {
+            Curve::Uniform => {
+                // ∫_a^{a+w} 1 − e^(−k·x) dx with k = rate·tau/w
+                let k = sg.rate * tau / w;
+                if k * (a + w) < 1e-9 {
+                    k * ((a + w).powi(2) - a * a) / 2.0
+                } else {
+                    w - ((-k * a).exp() - (-k * (a + w)).exp()) / k
                 }
             }
-            curve => {
-                let dx = c.pages / STEPS as f64;
-                for i in 0..STEPS {
-                    let x = c.first + (i as f64 + 0.5) * dx;
-                    let t = reach(x);
-                    let p = match curve {
-                        Curve::Sequential => ((c.rate * t >= x - c.first) as u8) as f64,
-                        Curve::Linear => (c.rate * t / c.pages).min(1.0),
-                        _ => -(-c.rate * t / c.pages).exp_m1(),
-                    };
-                    lost += p * dx;
+            Curve::Sequential => {
+                // page x is written first at (x − a)/rate seconds: lost when that is before x·tau
+                let rt = sg.rate * tau;
+                if rt >= 1.0 {
+                    w
+                } else {
+                    (a / (1.0 - rt) - a).clamp(0.0, w)
                 }
             }
-        }
+            Curve::Linear => {
+                // min(1, rate·x·tau/w) integrated over the segment
+                let k = sg.rate * tau / w;
+                let full_from = if k > 0.0 { 1.0 / k } else { f64::INFINITY };
+                let lo = a;
+                let hi = (a + w).min(full_from.max(a));
+                let part = if hi > lo {
+                    k * (hi * hi - lo * lo) / 2.0
+                } else {
+                    0.0
+                };
+                part + (a + w - hi).max(0.0)
+            }
+        };
     }
     (z * lost).clamp(0.0, z * mem)
 }
 
 /// Simulate one live migration in fluid (or, with `analytic`, geometric) mode.
 pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult {
+    run(ck, replicate, analytic, true)
+}
+
+/// As [`simulate_fluid`]; `skip_ticks = false` consults the policy at every tick (tests check
+/// that skipping changes nothing).
+pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool) -> RunResult {
     let sc = &ck.scenario;
-    let (phases, repeat, classes): (Vec<Nanos>, bool, Vec<Vec<FClass>>) = match &ck.workload {
-        Workload::Classes(c) => (
-            vec![u64::MAX],
-            false,
-            vec![c.iter().map(|c| FClass::new(c, analytic)).collect()],
-        ),
+    let (phases, repeat, class_sets): (Vec<Nanos>, bool, Vec<Vec<Class>>) = match &ck.workload {
+        Workload::Classes(c) => (vec![u64::MAX], false, vec![c.clone()]),
         Workload::Phased { phases, repeat } => (
             phases.iter().map(|p| p.0).collect(),
             *repeat,
-            phases
-                .iter()
-                .map(|p| p.1.iter().map(|c| FClass::new(c, analytic)).collect())
-                .collect(),
+            phases.iter().map(|p| p.1.clone()).collect(),
         ),
         // A recorded trace has no expected-count model: fluid mode sees no writes (the CLI
         // replays traces in exact mode only).
         Workload::Trace(_) => (vec![u64::MAX], false, vec![Vec::new()]),
     };
+    let segs = segments(&class_sets, ck.mem_pages, analytic);
     let mut policy = sc.policy.build(sc.vm.vcpus);
     let mut link_bps = sc.link.bandwidth.0;
     let mut page_wire = (ck.page_size + sc.link.page_header_bytes) as f64;
@@ -262,12 +518,14 @@ pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult
         .max_bandwidth_bps()
         .map_or(link_bps, |m| m.min(link_bps));
     let mem = ck.mem_pages as f64;
-    let n0 = classes[0].len();
+    let sweep = Sweep::new(&segs, mem);
     let mut f = Fluid {
         ck,
-        classes,
+        segs,
+        sweep,
         phases,
         repeat,
+        analytic,
         mem,
         page_wire,
         zero_wire: sc.link.zero_page_bytes as f64,
@@ -275,8 +533,6 @@ pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult
         one_way: (sc.link.rtt_ms * 1e6 / 2.0).round() as Nanos,
         send_pages: mem,
         send_bytes: 0.0,
-        writes: vec![0.0; n0],
-        dirty_base: 0.0,
         throttle: 0.0,
         guest_ns: 0.0,
         guest_writes: 0.0,
@@ -286,7 +542,7 @@ pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult
     let mut zero0 = z * mem;
     let mut t0 = (mem - zero0) * page_wire * 8e9 / precopy_bps;
     for _ in 0..3 {
-        zero0 = z * mem - zero_pages_lost(&f.classes[0], z, mem, t0);
+        zero0 = z * mem - zero_pages_lost(&f.segs, z, mem, t0);
         t0 = ((mem - zero0) * page_wire + zero0 * f.zero_wire) * 8e9 / precopy_bps;
     }
     f.send_bytes = (mem - zero0) * page_wire + zero0 * f.zero_wire;
@@ -407,14 +663,14 @@ pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult
                 );
             }
             // Close the round and merge the expected dirty set into the send set.
-            let dirty = f.dirty();
+            let (dirty, overlap) = f.dirty_overlap();
             let dur = t - round_start;
             let bw = if dur > 0.0 {
                 round_bytes * 8e9 / dur
             } else {
                 last_bw
             };
-            let union = f.send_pages + dirty - overlap(&f);
+            let union = f.send_pages + dirty - overlap;
             rounds.push(RoundRecord {
                 round,
                 start_ns: round_start as u64,
@@ -447,11 +703,7 @@ pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult
                 last_bw = bw;
             }
             let wa = wire_avg(&f);
-            let rem_full = f.send_pages;
-            f.send_bytes = f.send_bytes.min(rem_full * wa) + (dirty - overlap(&f)) * f.page_wire;
-            f.send_pages = union;
-            f.writes.iter_mut().for_each(|n| *n = 0.0);
-            f.dirty_base = 0.0;
+            f.harvest(dirty, overlap, wa);
             round += 1;
             round_start = t;
             round_pages = 0.0;
@@ -498,8 +750,7 @@ pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult
         } else {
             bytes / wa
         };
-        f.send_pages = (f.send_pages - pages).max(0.0);
-        f.send_bytes = (f.send_bytes - bytes).max(0.0);
+        f.send(pages, bytes);
         round_pages += pages;
         round_bytes += bytes;
         total_pages += pages;
@@ -529,7 +780,7 @@ pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult
         };
         if let Some(trig) = trigger {
             pending_trigger = Some(trig);
-            decision = policy.decide(&observe(
+            let obs = observe(
                 &f,
                 trig,
                 t,
@@ -541,7 +792,48 @@ pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult
                 round_start,
                 last_round,
                 last_bw,
-            ));
+            );
+            decision = policy.decide(&obs);
+            // Over a steady stretch up to the next round end the policy may vouch for a run
+            // of ticks that change nothing; jump over them.
+            if let (Trigger::Tick, Decision::Continue, Some(p), Some(nt), true) = (
+                trig,
+                &decision,
+                tick,
+                next_tick,
+                skip_ticks && f.phases.len() <= 1 && ready <= t,
+            ) {
+                let horizon = (t + f.send_bytes * 8e9 / precopy_bps).min(max_time);
+                let max_ticks = ((horizon - t) / p).ceil() as u64;
+                let max_ticks = max_ticks.saturating_sub(2);
+                if max_ticks > 0 {
+                    let bytes_per_tick = p * precopy_bps / 8e9;
+                    let wa = wire_avg(&f);
+                    let gdt = p * (1.0 - f.throttle) / 1e9;
+                    let fr = &f;
+                    let dirty_at = move |j: u64| -> u64 {
+                        let jg = j as f64 * gdt;
+                        let d: f64 = fr
+                            .segs
+                            .iter()
+                            .filter(|sg| sg.phase == 0)
+                            .map(|sg| sg.distinct(sg.writes + sg.rate * jg))
+                            .sum();
+                        d.min(fr.mem).round() as u64
+                    };
+                    let fc = SteadyTicks {
+                        period_ns: p as u64,
+                        max_ticks,
+                        pages_per_tick: bytes_per_tick / wa,
+                        bytes_per_tick,
+                        dirty_at: &dirty_at,
+                    };
+                    let k = policy.skip_ticks(&obs, &fc);
+                    if k > 0 {
+                        next_tick = Some(nt + k as f64 * p);
+                    }
+                }
+            }
         }
     };
     let (status, reason, at, moved) = outcome;
@@ -550,7 +842,7 @@ pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult
     let (mut final_pages, mut final_bytes) = (0.0, 0.0);
     if moved {
         let sw = &sc.switchover;
-        let dirty = f.dirty();
+        let (dirty, overlap) = f.dirty_overlap();
         if round_pages > 0.0 {
             rounds.push(RoundRecord {
                 round,
@@ -570,8 +862,8 @@ pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult
                 guest_writes: (f.guest_writes - round_writes_start).round() as u64,
             });
         }
-        final_pages = f.send_pages + dirty - overlap(&f);
-        final_bytes = f.send_bytes + (dirty - overlap(&f)) * f.page_wire;
+        final_pages = f.send_pages + dirty - overlap;
+        final_bytes = f.send_bytes + (dirty - overlap) * f.page_wire;
         let pause_ns = (sw.pause_ms * 1e6).round() as Nanos;
         let sync_ns = f.sync_cost(dirty).round() as Nanos;
         let wait = (ready - (at + pause_ns as f64 + sync_ns as f64)).max(0.0) as Nanos;
@@ -617,21 +909,4 @@ pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult
         xbzrle_hits: 0,
     };
     RunResult { report, rounds }
-}
-
-/// Expected |send ∩ dirty|: dirty pages of each class are spread over its region, the send set
-/// over all pages that can be in it.
-fn overlap(f: &Fluid) -> f64 {
-    if f.send_pages <= 0.0 {
-        return 0.0;
-    }
-    let (ph, _) = f.phase_at(f.guest_ns);
-    let cover: f64 = f.classes[ph]
-        .iter()
-        .map(|c| c.pages)
-        .sum::<f64>()
-        .max(1.0)
-        .min(f.mem);
-    let share = (f.send_pages / cover).min(1.0);
-    f.dirty() * share
 }

@@ -26,4 +26,6 @@ pub use scenario::{Checked, Scenario, ScenarioError};
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_fluid;
+#[cfg(test)]
 mod tests_policies;

@@ -55,6 +55,15 @@ impl Policy for Adaptive {
         Some((self.spec.sync_every_ms * 1e6).round().max(1.0) as u64)
     }
 
+    fn skip_ticks(&mut self, obs: &Observation, f: &SteadyTicks) -> u64 {
+        // During the first pass every tick is answered Continue and changes nothing.
+        if obs.trigger == Trigger::Tick && obs.round == 0 {
+            f.max_ticks
+        } else {
+            0
+        }
+    }
+
     fn decide(&mut self, obs: &Observation) -> Decision {
         match obs.trigger {
             Trigger::Start => return Decision::Continue,

@@ -140,6 +140,42 @@ pub trait Policy: Send {
         None
     }
     fn decide(&mut self, obs: &Observation) -> Decision;
+    /// Fast modes only: the policy has just answered `Continue` to the tick `obs`, and the
+    /// engine forecasts the next ticks (see [`SteadyTicks`]). Return how many of them (at most
+    /// `f.max_ticks`) would certainly be answered `Continue` as well, updating the policy's
+    /// state as if it had seen them; the engine then skips them. Returning 0 (the default)
+    /// keeps every tick.
+    fn skip_ticks(&mut self, obs: &Observation, f: &SteadyTicks) -> u64 {
+        let _ = (obs, f);
+        0
+    }
+}
+
+/// A forecast of upcoming ticks over a stretch where pre-copy sends at a steady rate and
+/// nothing else happens (no round end, sync, phase change or throttle change): tick `j`
+/// (1-based) comes `j · period_ns` after the current one, with `j · pages_per_tick` fewer pages
+/// left in the iteration and `j · bytes_per_tick` more bytes sent.
+pub struct SteadyTicks<'a> {
+    pub period_ns: u64,
+    pub max_ticks: u64,
+    pub pages_per_tick: f64,
+    pub bytes_per_tick: f64,
+    /// Pages dirtied since the last sync as seen at tick `j` (concave in `j`).
+    pub dirty_at: &'a dyn Fn(u64) -> u64,
+}
+
+impl SteadyTicks<'_> {
+    /// `elapsed_ns`, `remaining_pages` and `total_bytes_sent` as tick `j` will report them.
+    pub fn at(&self, obs: &Observation, j: u64) -> (u64, u64, u64) {
+        let jf = j as f64;
+        (
+            obs.elapsed_ns + j * self.period_ns,
+            (obs.remaining_pages as f64 - jf * self.pages_per_tick)
+                .round()
+                .max(0.0) as u64,
+            obs.total_bytes_sent + (jf * self.bytes_per_tick) as u64,
+        )
+    }
 }
 
 /// A policy as written in a scenario file (`[policy]`, `kind = "..."`).

@@ -113,9 +113,105 @@ impl Qemu {
     }
 }
 
+impl Qemu {
+    /// The first tick `j ≥ from` whose check could fire with bandwidth `bw`, allowing a page
+    /// and a millionth of the threshold for rounding (u64::MAX: none).
+    fn first_possible_sync(&self, obs: &Observation, f: &SteadyTicks, bw: f64, from: u64) -> u64 {
+        let thr = bw / 8.0 * self.limit_ms / 1e3;
+        let wire = obs.page_wire_bytes.max(1) as f64;
+        let below = thr * (1.0 + 1e-6) / wire + 1.0;
+        let r0 = obs.remaining_pages as f64 - 0.5;
+        if r0 < below {
+            return from;
+        }
+        if f.pages_per_tick <= 0.0 {
+            return u64::MAX;
+        }
+        let j = ((r0 - below) / f.pages_per_tick).floor() + 1.0;
+        if j >= u64::MAX as f64 {
+            u64::MAX
+        } else {
+            (j as u64).max(from)
+        }
+    }
+
+    /// The first tick `j ≥ from` at which the bandwidth window (started at `ws`) closes.
+    fn next_window_close(&self, obs: &Observation, f: &SteadyTicks, ws: u64, from: u64) -> u64 {
+        let w = self.spec.window_ms * 1e6;
+        let need = ws as f64 + w - obs.elapsed_ns as f64;
+        let j = (need / f.period_ns.max(1) as f64).ceil().max(0.0) as u64;
+        let mut j = j.max(from);
+        // `update_bandwidth` compares integer nanoseconds: settle the boundary exactly.
+        while j > from && (f.at(obs, j - 1).0.saturating_sub(ws)) as f64 >= w {
+            j -= 1;
+        }
+        while (f.at(obs, j).0.saturating_sub(ws) as f64) < w {
+            j += 1;
+        }
+        j
+    }
+}
+
 impl Policy for Qemu {
     fn name(&self) -> &'static str {
         "qemu"
+    }
+    fn skip_ticks(&mut self, obs: &Observation, f: &SteadyTicks) -> u64 {
+        if f.max_ticks == 0 || obs.trigger != Trigger::Tick {
+            return 0;
+        }
+        // Bandwidth windows close every so many ticks; between closes the threshold is fixed
+        // and the estimate falls linearly, so the first tick that could sync is found in
+        // closed form. From the second close on, the window holds only steady sending and
+        // the bandwidth no longer changes.
+        let (mut ws, mut wb, mut bw) = (
+            self.window_start_ns,
+            self.window_start_bytes,
+            self.bandwidth_bps,
+        );
+        let mut j = 1u64;
+        let mut closes = 0;
+        loop {
+            let close = self.next_window_close(obs, f, ws, j);
+            let fire = self.first_possible_sync(obs, f, bw, j);
+            if closes >= 2 {
+                // Steady: later closes only move the window along.
+                let k = fire.saturating_sub(1).min(f.max_ticks);
+                if close <= k {
+                    let step =
+                        self.next_window_close(obs, f, f.at(obs, close).0, close + 1) - close;
+                    let last = close + (k - close) / step.max(1) * step.max(1);
+                    let (e, _, b) = f.at(obs, last);
+                    ws = e;
+                    wb = b;
+                }
+                self.window_start_ns = ws;
+                self.window_start_bytes = wb;
+                self.bandwidth_bps = bw;
+                return k;
+            }
+            if fire < close || close > f.max_ticks {
+                let k = fire.saturating_sub(1).min(f.max_ticks);
+                self.window_start_ns = ws;
+                self.window_start_bytes = wb;
+                self.bandwidth_bps = bw;
+                return k;
+            }
+            // The window closes at tick `close` (and the check there uses the new figure).
+            let (e, _, b) = f.at(obs, close);
+            let new_bw = b.saturating_sub(wb) as f64 * 8e9 / e.saturating_sub(ws).max(1) as f64;
+            if self.first_possible_sync(obs, f, new_bw, close) == close {
+                self.window_start_ns = ws;
+                self.window_start_bytes = wb;
+                self.bandwidth_bps = bw;
+                return close - 1;
+            }
+            ws = e;
+            wb = b;
+            bw = new_bw;
+            j = close + 1;
+            closes += 1;
+        }
     }
     fn tick_ns(&self) -> Option<u64> {
         Some((self.spec.check_ms * 1e6).round().max(1.0) as u64)
@@ -205,6 +301,53 @@ impl Policy for DowntimeRamp {
     fn tick_ns(&self) -> Option<u64> {
         self.qemu.tick_ns()
     }
+    fn skip_ticks(&mut self, obs: &Observation, f: &SteadyTicks) -> u64 {
+        // Skip only ticks that see the same downtime limit, cannot hit the completion
+        // timeout, and cannot hit the progress timeout even if the pending set made no
+        // progress. Pending (left + dirtied) is concave over a steady stretch, so its lowest
+        // value over the skipped ticks is at one end: only the last can be a new low.
+        let gib = obs.mem_bytes as f64 / (1u64 << 30) as f64;
+        let limit = self.limit_at(obs.elapsed_ns, gib);
+        let completion_ns = self.spec.completion_timeout_s_per_gib * gib * 1e9;
+        let progress_ns = self.spec.progress_timeout_s * 1e9;
+        let ok = |j: u64| {
+            let e = f.at(obs, j).0;
+            self.limit_at(e, gib) == limit
+                && (completion_ns <= 0.0 || e as f64 <= completion_ns)
+                && (progress_ns <= 0.0 || (e - self.best_at_ns) as f64 <= progress_ns)
+        };
+        // Largest j ≤ max_ticks with ok(j) (ok holds for a prefix of ticks).
+        let (mut lo, mut hi) = (0u64, f.max_ticks);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if ok(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        if lo == 0 {
+            return 0;
+        }
+        let capped = SteadyTicks {
+            period_ns: f.period_ns,
+            max_ticks: lo,
+            pages_per_tick: f.pages_per_tick,
+            bytes_per_tick: f.bytes_per_tick,
+            dirty_at: f.dirty_at,
+        };
+        self.qemu.set_limit_ms(limit);
+        let k = self.qemu.skip_ticks(obs, &capped);
+        if k > 0 {
+            let (e, left, _) = f.at(obs, k);
+            let pending = left + (f.dirty_at)(k);
+            if pending < self.best_pending {
+                self.best_pending = pending;
+                self.best_at_ns = e;
+            }
+        }
+        k
+    }
     fn decide(&mut self, obs: &Observation) -> Decision {
         let gib = obs.mem_bytes as f64 / (1u64 << 30) as f64;
         self.qemu.set_limit_ms(self.limit_at(obs.elapsed_ns, gib));
@@ -257,6 +400,10 @@ impl Policy for PostCopy {
     }
     fn tick_ns(&self) -> Option<u64> {
         self.qemu.tick_ns()
+    }
+    fn skip_ticks(&mut self, obs: &Observation, f: &SteadyTicks) -> u64 {
+        // Ticks only run QEMU's rule; the switch is considered after syncs.
+        self.qemu.skip_ticks(obs, f)
     }
     fn decide(&mut self, obs: &Observation) -> Decision {
         let d = self.qemu.decide(obs);
