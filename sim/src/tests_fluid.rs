@@ -97,6 +97,25 @@ fn skipped_ticks_change_nothing() {
             PolicySpec::by_name("downtime-ramp").unwrap(),
         ),
         (4 * GIB, 1e9, zipf, PolicySpec::by_name("adaptive").unwrap()),
+        // Fixed points that run to the time cap.
+        (
+            4 * GIB,
+            1e9,
+            hot_cold.clone(),
+            PolicySpec::by_name("cloud-hypervisor").unwrap(),
+        ),
+        (
+            4 * GIB,
+            1e9,
+            hot_cold.clone(),
+            PolicySpec::by_name("simgrid").unwrap(),
+        ),
+        (
+            GIB,
+            1e8,
+            uniform(128 * MIB, 9000.0),
+            PolicySpec::by_name("downtime-ramp").unwrap(),
+        ),
     ];
     let mut skipped_any = false;
     for (i, (mem, bw, w, p)) in cases.into_iter().enumerate() {

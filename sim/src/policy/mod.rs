@@ -149,6 +149,38 @@ pub trait Policy: Send {
         let _ = (obs, f);
         0
     }
+    /// Fast modes only: the migration has reached a fixed point — the iteration that just
+    /// ended (`cycle`) left the state exactly as the one before it did, and the policy has
+    /// just answered `Continue` after its sync (`obs`). Return how many more identical
+    /// iterations (at most `cycle.max_repeats`) this policy would answer exactly as it did
+    /// this one, with its own clocks moved on by the skipped time; the engine then jumps over
+    /// them. Returning 0 (the default) simulates every iteration.
+    fn repeat_cycles(&mut self, obs: &Observation, cycle: &Cycle) -> u64 {
+        let _ = (obs, cycle);
+        0
+    }
+}
+
+/// One iteration of a migration at a fixed point (see [`Policy::repeat_cycles`]).
+pub struct Cycle {
+    /// Wall time and bytes sent per iteration.
+    pub period_ns: u64,
+    pub bytes: u64,
+    pub max_repeats: u64,
+}
+
+impl Cycle {
+    /// The largest `n ≤ max_repeats` such that every consultation during the next `n`
+    /// iterations happens before `deadline_ns` (iterations start at `obs.elapsed_ns`).
+    pub fn repeats_before(&self, obs: &Observation, deadline_ns: f64) -> u64 {
+        let room = deadline_ns - obs.elapsed_ns as f64;
+        if room <= 0.0 || self.period_ns == 0 {
+            return 0;
+        }
+        ((room / self.period_ns as f64).floor() as u64)
+            .saturating_sub(1)
+            .min(self.max_repeats)
+    }
 }
 
 /// A forecast of upcoming ticks over a stretch where pre-copy sends at a steady rate and

@@ -156,6 +156,19 @@ impl Policy for Qemu {
     fn name(&self) -> &'static str {
         "qemu"
     }
+    fn repeat_cycles(&mut self, _obs: &Observation, cycle: &Cycle) -> u64 {
+        // Throttling rules count one-second periods across iterations: no jumping with them.
+        if self.spec.auto_converge || self.spec.dirty_limit {
+            return 0;
+        }
+        // The bandwidth window moves on with the clock.
+        let n = cycle.max_repeats;
+        self.window_start_ns += n * cycle.period_ns;
+        self.window_start_bytes += n * cycle.bytes;
+        self.period_start_ns += n * cycle.period_ns;
+        self.period_start_bytes += n * cycle.bytes;
+        n
+    }
     fn skip_ticks(&mut self, obs: &Observation, f: &SteadyTicks) -> u64 {
         if f.max_ticks == 0 || obs.trigger != Trigger::Tick {
             return 0;
@@ -300,6 +313,38 @@ impl Policy for DowntimeRamp {
     }
     fn tick_ns(&self) -> Option<u64> {
         self.qemu.tick_ns()
+    }
+    fn repeat_cycles(&mut self, obs: &Observation, cycle: &Cycle) -> u64 {
+        // At a fixed point the pending set makes no new lows: stop jumping before the next
+        // step of the limit and before either timeout.
+        let gib = obs.mem_bytes as f64 / (1u64 << 30) as f64;
+        let steps = self.spec.steps.max(1) as f64;
+        let delay_ns = self.spec.delay_s_per_gib * gib * 1e9;
+        let mut deadline = f64::INFINITY;
+        if delay_ns > 0.0 {
+            let i = (obs.elapsed_ns as f64 / delay_ns).floor();
+            if i < steps {
+                deadline = deadline.min((i + 1.0) * delay_ns);
+            }
+        }
+        let completion_ns = self.spec.completion_timeout_s_per_gib * gib * 1e9;
+        if completion_ns > 0.0 {
+            deadline = deadline.min(completion_ns);
+        }
+        let progress_ns = self.spec.progress_timeout_s * 1e9;
+        if progress_ns > 0.0 {
+            deadline = deadline.min(self.best_at_ns as f64 + progress_ns);
+        }
+        let n = cycle.repeats_before(obs, deadline);
+        if n == 0 {
+            return 0;
+        }
+        let capped = Cycle {
+            period_ns: cycle.period_ns,
+            bytes: cycle.bytes,
+            max_repeats: n,
+        };
+        self.qemu.repeat_cycles(obs, &capped)
     }
     fn skip_ticks(&mut self, obs: &Observation, f: &SteadyTicks) -> u64 {
         // Skip only ticks that see the same downtime limit, cannot hit the completion

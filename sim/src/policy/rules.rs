@@ -200,6 +200,10 @@ impl Policy for CloudHypervisor {
     fn name(&self) -> &'static str {
         "cloud-hypervisor"
     }
+    fn repeat_cycles(&mut self, obs: &Observation, cycle: &Cycle) -> u64 {
+        // Stateless apart from the timeout.
+        cycle.repeats_before(obs, self.spec.timeout_s * 1e9)
+    }
     fn decide(&mut self, obs: &Observation) -> Decision {
         if obs.trigger != Trigger::RoundEnd {
             return Decision::Continue;
@@ -249,6 +253,9 @@ impl SimGrid {
 impl Policy for SimGrid {
     fn name(&self) -> &'static str {
         "simgrid"
+    }
+    fn repeat_cycles(&mut self, _obs: &Observation, cycle: &Cycle) -> u64 {
+        cycle.max_repeats // stateless
     }
     fn decide(&mut self, obs: &Observation) -> Decision {
         if obs.trigger != Trigger::RoundEnd {
