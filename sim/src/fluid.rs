@@ -450,6 +450,11 @@ impl Fluid<'_> {
     }
 }
 
+fn same_scalars(a: (f64, f64), b: (f64, f64)) -> bool {
+    let eq = |x: f64, y: f64| (x - y).abs() <= 1e-12 * x.abs().max(y.abs()) + 1e-300;
+    eq(a.0, b.0) && eq(a.1, b.1)
+}
+
 /// The state at the start of an iteration, to recognise a fixed point.
 struct Snapshot {
     t: f64,
@@ -697,6 +702,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
     ));
     let mut pending_trigger: Option<Trigger> = None;
     let mut snaps: Option<Snapshot> = None;
+    let mut last_scalars = (f64::NAN, f64::NAN);
     let outcome: (Status, String, f64, bool) = loop {
         // Carry out the decision in hand.
         let sync_now;
@@ -811,15 +817,29 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
             decision = policy.decide(&obs);
             // A fixed point: this iteration began in exactly the state the previous one did.
             // Jump over as many identical iterations as the policy vouches for.
-            if skip_ticks && decision == Decision::Continue && f.phases.len() <= 1 {
+            // (A cheap scalar check first: the full state is compared only after the send set
+            // came out the same twice.)
+            let scalars = (f.send_pages, f.send_bytes);
+            let repeat = same_scalars(last_scalars, scalars);
+            last_scalars = scalars;
+            if !repeat {
+                snaps = None;
+            }
+            if skip_ticks && repeat && decision == Decision::Continue && f.phases.len() <= 1 {
                 let now = Snapshot::take(&f, t, ready, next_tick, total_pages, total_bytes);
                 if let Some(prev) = snaps.as_ref().filter(|p| p.same_state(&now)) {
                     let period = t - prev.t;
                     let n_max = ((max_time - t) / period).floor() as u64;
+                    let per_round = rounds.len() - prev.rounds;
                     let cycle = Cycle {
                         period_ns: period.round() as u64,
                         bytes: (total_bytes - prev.total_bytes).round() as u64,
-                        max_repeats: n_max.saturating_sub(2).min(MAX_ROUNDS as u64 / 2),
+                        pages: (total_pages - prev.total_pages).round() as u64,
+                        syncs: per_round as u32,
+                        max_repeats: n_max
+                            .saturating_sub(2)
+                            .min((MAX_ROUNDS - round) as u64 / per_round.max(1) as u64)
+                            .saturating_sub(1),
                     };
                     let n = if cycle.max_repeats > 0 && period > 0.0 {
                         policy.repeat_cycles(&obs, &cycle)
@@ -829,7 +849,6 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                     if n > 0 {
                         let nf = n as f64;
                         let last = rounds.last().cloned().expect("a round was just closed");
-                        let per_round = rounds.len() - prev.rounds;
                         let template: Vec<RoundRecord> = rounds[prev.rounds..].to_vec();
                         for i in 1..=n {
                             for r in &template {

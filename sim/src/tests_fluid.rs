@@ -5,7 +5,7 @@ use crate::metrics::RunResult;
 use crate::policy::*;
 use crate::scenario::*;
 use crate::simulate;
-use workloads::spec::{HotColdSpec, UniformSpec, ZipfSpec};
+use workloads::spec::{HotColdSpec, ScanSpec, UniformSpec, ZipfSpec};
 use workloads::{Bandwidth, ByteSize, WorkloadSpec, GIB, MIB};
 
 fn scenario(mem: u64, bw: f64, workload: WorkloadSpec, policy: PolicySpec) -> Scenario {
@@ -97,7 +97,18 @@ fn skipped_ticks_change_nothing() {
             PolicySpec::by_name("downtime-ramp").unwrap(),
         ),
         (4 * GIB, 1e9, zipf, PolicySpec::by_name("adaptive").unwrap()),
-        // Fixed points that run to the time cap.
+        // Fixed points: a scan that outruns the link under the floor-seeking policy ...
+        (
+            GIB,
+            1e9,
+            WorkloadSpec::Scan(ScanSpec {
+                wss: None,
+                rate_pps: 48_700.0,
+                offset: ByteSize(0),
+            }),
+            PolicySpec::by_name("adaptive").unwrap(),
+        ),
+        // ... and ones that run to the time cap.
         (
             4 * GIB,
             1e9,

@@ -64,6 +64,46 @@ impl Policy for Adaptive {
         }
     }
 
+    fn repeat_cycles(&mut self, obs: &Observation, cycle: &Cycle) -> u64 {
+        // At a fixed point every sync sees the same pending set, which just got `Continue`:
+        // no new gain, no new low, one more sync without gain per cycle. What can change the
+        // answer is the pages sent since the last gain (floor detection), since the floor
+        // (stop after one more pass), and the iteration cap: stop before the first cycle
+        // where any of them fires.
+        if obs.trigger != Trigger::AfterSync || cycle.pages == 0 || cycle.syncs == 0 {
+            return 0;
+        }
+        let sent = obs.total_pages_sent;
+        let per = cycle.pages;
+        // First cycle i ≥ 1 whose sync reaches `need` pages since `from`.
+        let reach = |from: u64, need: u64| -> u64 {
+            let have = sent.saturating_sub(from);
+            if have >= need {
+                1
+            } else {
+                (need - have).div_ceil(per).max(1)
+            }
+        };
+        let mut fire = u64::MAX;
+        match self.floor_since {
+            None => {
+                let by_pages = reach(self.sent_at_gain, self.gain_ref.max(1));
+                let by_syncs = (self.spec.patience_syncs as u64)
+                    .saturating_sub(self.syncs_since_gain as u64)
+                    .max(1);
+                fire = fire.min(by_pages.max(by_syncs));
+            }
+            Some(since) => fire = fire.min(reach(since, self.best.max(1))),
+        }
+        let rounds_left = self.spec.max_rounds.saturating_sub(obs.round) as u64;
+        fire = fire.min(rounds_left / cycle.syncs as u64);
+        let n = fire.saturating_sub(1).min(cycle.max_repeats);
+        self.syncs_since_gain = self
+            .syncs_since_gain
+            .saturating_add(n.min(u32::MAX as u64) as u32);
+        n
+    }
+
     fn decide(&mut self, obs: &Observation) -> Decision {
         match obs.trigger {
             Trigger::Start => return Decision::Continue,

@@ -162,10 +162,14 @@ pub trait Policy: Send {
 }
 
 /// One iteration of a migration at a fixed point (see [`Policy::repeat_cycles`]).
+#[derive(Clone, Copy, Debug)]
 pub struct Cycle {
     /// Wall time and bytes sent per iteration.
     pub period_ns: u64,
     pub bytes: u64,
+    /// Pages sent and syncs (iterations begun) per cycle.
+    pub pages: u64,
+    pub syncs: u32,
     pub max_repeats: u64,
 }
 

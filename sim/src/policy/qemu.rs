@@ -340,9 +340,8 @@ impl Policy for DowntimeRamp {
             return 0;
         }
         let capped = Cycle {
-            period_ns: cycle.period_ns,
-            bytes: cycle.bytes,
             max_repeats: n,
+            ..*cycle
         };
         self.qemu.repeat_cycles(obs, &capped)
     }
