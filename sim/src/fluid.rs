@@ -27,7 +27,7 @@ const MIN_SYNC_NS: f64 = 1_000.0;
 /// Zipf ranks kept as single pages before buckets grow geometrically.
 const ZIPF_EXACT_RANKS: u64 = 16;
 /// Growth ratio of Zipf rank buckets beyond the exact ranks.
-const ZIPF_BUCKET_RATIO: f64 = 1.15;
+const ZIPF_BUCKET_RATIO: f64 = 1.3;
 
 /// How a segment turns writes into distinct pages.
 #[derive(Clone, Copy, Debug, PartialEq)]
