@@ -16,9 +16,7 @@
 use crate::engine::Nanos;
 use crate::metrics::{Downtime, RoundRecord, RunReport, RunResult, Status};
 use crate::migration::transfer_ns;
-use crate::policy::{
-    Cycle, Decision, Observation, RoundSummary, SteadyTicks, StopReason, Trigger,
-};
+use crate::policy::{Cycle, Decision, Observation, RoundSummary, SteadyTicks, StopReason, Trigger};
 use crate::scenario::Checked;
 use workloads::spec::{Class, Pattern, Workload};
 
@@ -52,10 +50,10 @@ struct Seg {
     /// Phase the segment belongs to (`usize::MAX`: never written).
     phase: usize,
     curve: Curve,
-    /// Writes since the last sync.
-    writes: f64,
     /// Pages of the send set in this segment when the current iteration began.
     send: f64,
+    /// Distinct dirty pages as last computed by `dirty_overlap` (reused by `harvest`).
+    memo_dirty: std::cell::Cell<f64>,
 }
 
 impl Seg {
@@ -106,8 +104,8 @@ fn class_segments(c: &Class, phase: usize, analytic: bool, out: &mut Vec<Seg>) {
         rate,
         phase,
         curve,
-        writes: 0.0,
         send: 0.0,
+        memo_dirty: std::cell::Cell::new(0.0),
     };
     match (analytic, c.pattern) {
         (true, _) => out.push(seg(
@@ -219,8 +217,8 @@ fn segments(phases: &[Vec<Class>], mem: u64, analytic: bool) -> Vec<Seg> {
             rate: 0.0,
             phase: usize::MAX,
             curve: Curve::Uniform,
-            writes: 0.0,
             send: 0.0,
+            memo_dirty: std::cell::Cell::new(0.0),
         });
     }
     for sg in &mut segs {
@@ -332,12 +330,25 @@ struct Fluid<'a> {
     throttle: f64,
     guest_ns: f64,
     guest_writes: f64,
+    /// Guest time spent in each phase since the last sync (ns): a segment's writes since
+    /// the sync are its rate times its phase's entry.
+    phase_guest: Vec<f64>,
+    /// Total write rate of each phase (pages/s).
+    phase_rate: Vec<f64>,
     /// Bumped whenever writes or the sweep move; `memo` holds (version, dirty, overlap).
     version: u64,
     memo: std::cell::Cell<(u64, f64, f64)>,
 }
 
 impl Fluid<'_> {
+    /// Writes to `sg` since the last sync.
+    #[inline]
+    fn writes(&self, sg: &Seg) -> f64 {
+        self.phase_guest
+            .get(sg.phase)
+            .map_or(0.0, |g| sg.rate * g / 1e9)
+    }
+
     fn phase_at(&self, guest: f64) -> (usize, f64) {
         if self.phases.len() <= 1 {
             return (0, f64::INFINITY);
@@ -369,10 +380,13 @@ impl Fluid<'_> {
         let (mut dirty, mut overlap) = (0.0, 0.0);
         let (x0, s, mem) = (self.sweep.x0, self.sweep.s, self.mem);
         for sg in &self.segs {
-            if sg.writes <= 0.0 {
+            let n = self.writes(sg);
+            if n <= 0.0 {
+                sg.memo_dirty.set(0.0);
                 continue;
             }
-            let d = sg.distinct(sg.writes);
+            let d = sg.distinct(n);
+            sg.memo_dirty.set(d);
             dirty += d;
             if !self.analytic && sg.send > 0.0 {
                 let ahead = sg.send * (1.0 - sg.swept(x0, s, mem));
@@ -396,11 +410,8 @@ impl Fluid<'_> {
         while g > 0.0 {
             let (ph, left) = self.phase_at(self.guest_ns);
             let step = g.min(left.max(1.0));
-            for sg in self.segs.iter_mut().filter(|sg| sg.phase == ph) {
-                let w = sg.rate * step / 1e9;
-                sg.writes += w;
-                self.guest_writes += w;
-            }
+            self.phase_guest[ph] += step;
+            self.guest_writes += self.phase_rate[ph] * step / 1e9;
             self.guest_ns += step;
             g -= step;
         }
@@ -417,11 +428,12 @@ impl Fluid<'_> {
     /// Harvest the dirty log: the dirty pages not already pending join the send set and a new
     /// iteration starts where the sender stands. Returns the pages harvested.
     fn harvest(&mut self, dirty: f64, overlap: f64, wire_avg: f64) -> f64 {
+        self.dirty_overlap(); // per-segment counts for this state
         self.version += 1;
         let (x0, s, mem) = (self.sweep.x0, self.sweep.s, self.mem);
         for sg in &mut self.segs {
             let ahead = sg.send * (1.0 - sg.swept(x0, s, mem));
-            let d = sg.distinct(sg.writes);
+            let d = sg.memo_dirty.get();
             let o = if self.analytic {
                 0.0
             } else {
@@ -432,8 +444,8 @@ impl Fluid<'_> {
             } else {
                 (ahead + d - o).min(sg.pages)
             };
-            sg.writes = 0.0;
         }
+        self.phase_guest.iter_mut().for_each(|g| *g = 0.0);
         let new = dirty - overlap;
         self.send_bytes = self.send_bytes.min(self.send_pages * wire_avg) + new * self.page_wire;
         self.send_pages += new;
@@ -487,7 +499,7 @@ impl Snapshot {
             t,
             x0: f.sweep.x0,
             sends: f.segs.iter().map(|s| s.send).collect(),
-            writes: f.segs.iter().map(|s| s.writes).collect(),
+            writes: f.phase_guest.clone(),
             send_pages: f.send_pages,
             send_bytes: f.send_bytes,
             throttle: f.throttle,
@@ -617,6 +629,11 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
         throttle: 0.0,
         guest_ns: 0.0,
         guest_writes: 0.0,
+        phase_guest: vec![0.0; class_sets.len()],
+        phase_rate: class_sets
+            .iter()
+            .map(|cs| cs.iter().filter(|c| c.pages > 0).map(|c| c.rate_pps).sum())
+            .collect(),
         version: 1,
         memo: std::cell::Cell::new((0, 0.0, 0.0)),
     };
@@ -970,7 +987,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                             .segs
                             .iter()
                             .filter(|sg| sg.phase == 0)
-                            .map(|sg| sg.distinct(sg.writes + sg.rate * jg))
+                            .map(|sg| sg.distinct(fr.writes(sg) + sg.rate * jg))
                             .sum();
                         d.min(fr.mem).round() as u64
                     };
