@@ -3,12 +3,10 @@
 
 use anyhow::Result;
 use clap::Args;
-use sim::policy::PolicySpec;
 use sim::Scenario;
 use std::process::ExitCode;
 use std::time::Instant;
-use workloads::spec::UniformSpec;
-use workloads::{Bandwidth, ByteSize, WorkloadSpec, GIB};
+use workloads::{Bandwidth, ByteSize, GIB};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -38,62 +36,6 @@ fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
-}
-
-/// The standard comparison grid (12 scenarios) crossed with every policy fluid mode models.
-fn fluid_grid() -> Vec<sim::Checked> {
-    let mut out = Vec::new();
-    for bw in [1e9f64, 1e10] {
-        let link_pps: f64 = bw / 8.0 / 4104.0;
-        let wls = vec![
-            WorkloadSpec::Idle(workloads::spec::IdleSpec { rate_pps: 50.0 }),
-            WorkloadSpec::Uniform(UniformSpec {
-                wss: ByteSize(256 << 20),
-                rate_pps: 5000.0,
-                offset: ByteSize(0),
-            }),
-            WorkloadSpec::Uniform(UniformSpec {
-                wss: ByteSize(256 << 20),
-                rate_pps: 50_000.0,
-                offset: ByteSize(0),
-            }),
-            WorkloadSpec::HotCold(workloads::spec::HotColdSpec {
-                hot_wss: ByteSize(64 << 20),
-                hot_rate_pps: 50_000.0,
-                cold_wss: None,
-                cold_rate_pps: 2000.0,
-                offset: ByteSize(0),
-            }),
-            WorkloadSpec::Zipf(workloads::spec::ZipfSpec {
-                wss: ByteSize(GIB),
-                rate_pps: 30_000.0,
-                exponent: 0.99,
-                offset: ByteSize(0),
-            }),
-            WorkloadSpec::Scan(workloads::spec::ScanSpec {
-                wss: None,
-                rate_pps: (1.6 * link_pps).round(),
-                offset: ByteSize(0),
-            }),
-        ];
-        for w in wls {
-            for p in PolicySpec::all_defaults() {
-                if matches!(p, PolicySpec::Postcopy(_)) {
-                    continue;
-                }
-                let mut s = Scenario::default_scenario();
-                s.mode = sim::scenario::Mode::Fluid;
-                s.link.bandwidth = Bandwidth(bw);
-                s.workload = w.clone();
-                s.policy = p;
-                s.limits.max_time_s = 600.0;
-                if let Ok(ck) = s.check() {
-                    out.push(ck);
-                }
-            }
-        }
-    }
-    out
 }
 
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
@@ -145,7 +87,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         );
     }
     if want("fluid-standard-grid") {
-        let grid = fluid_grid();
+        let grid = sim::grids::standard_fluid_grid();
         let mut rates = Vec::new();
         let mut sink = Vec::new();
         for _ in 0..reps {
