@@ -996,6 +996,9 @@ fn predicted_vs_measured<DB: DrawingBackend>(
 // ---------------------------------------------------------------------------------------------
 // Ratio figures (used by `migsim crosscheck --geometric-plot`)
 
+/// Named lines of one panel, in legend order: (name, points sorted by x).
+pub type Lines = Vec<(String, Vec<(f64, f64)>)>;
+
 /// A grid of log–log panels of ratios, one line per series, with a reference line at 1.
 pub struct RatioFigure {
     pub title: String,
@@ -1005,8 +1008,8 @@ pub struct RatioFigure {
     pub y_desc: String,
     /// Panels per row.
     pub cols: usize,
-    /// (caption, series in legend order: (name, points sorted by x)); x and y must be > 0.
-    pub panels: Vec<(String, Vec<(String, Vec<(f64, f64)>)>)>,
+    /// (caption, lines); x and y must be > 0.
+    pub panels: Vec<(String, Lines)>,
     /// Tick label of an x value.
     pub x_label: fn(f64) -> String,
     /// Where the x ticks go.
