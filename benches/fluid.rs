@@ -4,11 +4,13 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
+use std::time::Duration;
 
 fn fluid_standard_grid(c: &mut Criterion) {
     let grid = sim::grids::standard_fluid_grid();
     let mut g = c.benchmark_group("fluid");
     g.sample_size(20);
+    g.measurement_time(Duration::from_secs(8));
     g.throughput(Throughput::Elements(grid.len() as u64));
     g.bench_function("standard_grid_csv_rows", |b| {
         b.iter(|| {
