@@ -32,6 +32,11 @@ pub struct CrosscheckArgs {
     /// (.svg or .png).
     #[arg(long, value_name = "FILE")]
     pub geometric_plot: Option<PathBuf>,
+    /// Run the noise floor (the exact engine with the next seed) at every point, also where the
+    /// first exact run timed out (by default those are skipped: their second run only
+    /// re-measures the time cap, and costs most of the grid's time).
+    #[arg(long)]
+    pub noise_floor_all: bool,
 }
 
 /// The cross-check grid: every workload kind at several rates, links from 100 Mbit/s to
@@ -123,14 +128,39 @@ struct Fig {
     status: String,
 }
 
-/// The runs of each grid point, in this order: the exact engine, fluid mode, analytic mode, and
-/// the exact engine again with the scenario seed + 1 (the noise floor).
-const VARIANTS: [(Mode, u64); 4] = [
-    (Mode::Exact, 0),
-    (Mode::Fluid, 0),
-    (Mode::Analytic, 0),
-    (Mode::Exact, 1),
-];
+/// The runs of each grid point, in this order: the exact engine, fluid mode, analytic mode.
+const MODELS: [(Mode, u64); 3] = [(Mode::Exact, 0), (Mode::Fluid, 0), (Mode::Analytic, 0)];
+
+/// The noise floor: the exact engine again with the scenario seed + 1.
+const NOISE: (Mode, u64) = (Mode::Exact, 1);
+
+/// Every grid point's [exact, fluid, analytic, exact with the next seed] figures, and how many
+/// points did not get the second exact run: those whose first exact run hit the time cap, unless
+/// `noise_all` (they are most of the exact engine's time, and a second seed re-measures the cap).
+fn run_grid(
+    pool: &rayon::ThreadPool,
+    grid: &[Scenario],
+    noise_all: bool,
+) -> (Vec<[Option<Fig>; 4]>, usize) {
+    let first = run_all(pool, grid, &MODELS);
+    let again: Vec<usize> = (0..grid.len())
+        .filter(|&i| {
+            noise_all
+                || first[i][0]
+                    .as_ref()
+                    .is_some_and(|e| e.status != sim::Status::Timeout.as_str())
+        })
+        .collect();
+    let subset: Vec<Scenario> = again.iter().map(|&i| grid[i].clone()).collect();
+    let second = run_all(pool, &subset, &[NOISE]);
+    let mut rows: Vec<[Option<Fig>; 4]> =
+        first.into_iter().map(|[e, f, a]| [e, f, a, None]).collect();
+    for (i, [n]) in again.iter().zip(second) {
+        rows[*i][3] = n;
+    }
+    let skipped = grid.len() - again.len();
+    (rows, skipped)
+}
 
 /// Run `s` in `mode` with its seed moved by `seed_delta`; None when the mode rejects it.
 fn run_one(s: &Scenario, mode: Mode, seed_delta: u64) -> Option<Fig> {
@@ -270,7 +300,7 @@ pub fn run(a: CrosscheckArgs) -> Result<ExitCode> {
         return run_geometric(&pool, plot, a.out.as_deref());
     }
     let grid = grid();
-    let rows = run_all(&pool, &grid, &VARIANTS);
+    let (rows, skipped) = run_grid(&pool, &grid, a.noise_floor_all);
     let mut csv = format!("{CSV_HEADER}\n");
     let (mut fluid, mut analytic, mut noise) =
         (Errors::default(), Errors::default(), Errors::default());
@@ -305,12 +335,21 @@ pub fn run(a: CrosscheckArgs) -> Result<ExitCode> {
         e.sort();
     }
     println!(
-        "crosscheck: {} points ({} moved in both modes, {} where only one mode moved the VM; \
-         exact with the next seed: {} where only one seed moved it)",
+        "crosscheck: {} points ({} moved in both modes, {} where only one mode moved the VM)",
         rows.len(),
         fluid.both_moved,
         fluid.one_moved,
-        noise.one_moved
+    );
+    println!(
+        "noise floor: exact with the next seed at {} points ({} where only one seed moved the VM); \
+         {skipped} points whose exact run timed out are not re-run{}",
+        rows.len() - skipped,
+        noise.one_moved,
+        if skipped > 0 {
+            " (--noise-floor-all runs them)"
+        } else {
+            ""
+        }
     );
     println!(
         "{:<44} {:>9} {:>9} {:>9} {:>9} {:>11}",
@@ -528,23 +567,29 @@ mod tests {
             ["exact2_downtime_ns", "exact2_total_ns", "exact2_rounds"]
         );
         // One cell per mode, three columns each, after point and status.
-        assert_eq!(cols.len(), 2 + 3 * VARIANTS.len());
+        assert_eq!(cols.len(), 2 + 3 * (MODELS.len() + 1));
     }
 
-    #[test]
-    fn the_noise_floor_runs_the_exact_engine_with_the_next_seed() {
+    fn small(rate_pps: f64) -> Scenario {
         let mut s = Scenario::default_scenario();
         s.vm.memory = ByteSize(256 * MIB);
         s.workload = WorkloadSpec::Uniform(UniformSpec {
             wss: ByteSize(64 * MIB),
-            rate_pps: 20_000.0,
+            rate_pps,
             offset: ByteSize(0),
         });
+        s
+    }
+
+    #[test]
+    fn the_noise_floor_runs_the_exact_engine_with_the_next_seed() {
+        let s = small(20_000.0);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap();
-        let rows = run_all(&pool, std::slice::from_ref(&s), &VARIANTS);
+        let (rows, skipped) = run_grid(&pool, std::slice::from_ref(&s), false);
+        assert_eq!(skipped, 0);
         let [exact, _, _, exact2] = &rows[0];
         let (exact, exact2) = (exact.clone().unwrap(), exact2.clone().unwrap());
         let mut next = s.clone();
@@ -554,6 +599,33 @@ mod tests {
         assert_eq!(exact2.rounds, direct.rounds);
         // Another write sequence: the blackout differs (pages dirty at the pause differ).
         assert_ne!(exact.downtime, exact2.downtime);
+    }
+
+    #[test]
+    fn points_that_timed_out_get_a_second_seed_only_on_request() {
+        // Writes at twice the link's page rate over all 256 MiB: most of memory stays dirty,
+        // far above QEMU's 300 ms threshold, so the 5 s cap ends the run. The converging point
+        // is re-run either way.
+        let mut stuck = small(0.0);
+        stuck.workload = WorkloadSpec::Uniform(UniformSpec {
+            wss: ByteSize(256 * MIB),
+            rate_pps: 2.0 * 1e9 / 8.0 / 4104.0,
+            offset: ByteSize(0),
+        });
+        stuck.limits.max_time_s = 5.0;
+        let grid = [small(20_000.0), stuck];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let (rows, skipped) = run_grid(&pool, &grid, false);
+        assert_eq!(rows[1][0].as_ref().unwrap().status, "timeout");
+        assert_eq!(skipped, 1);
+        assert!(rows[0][3].is_some());
+        assert!(rows[1][3].is_none());
+        let (rows, skipped) = run_grid(&pool, &grid, true);
+        assert_eq!(skipped, 0);
+        assert_eq!(rows[1][3].as_ref().unwrap().status, "timeout");
     }
 
     #[test]
