@@ -13,6 +13,7 @@ pub mod bitmap;
 pub mod calibration;
 pub mod engine;
 pub mod fluid;
+pub mod grids;
 pub mod kinds;
 pub mod metrics;
 pub mod migration;

@@ -3,12 +3,11 @@
 
 use anyhow::Result;
 use clap::Args;
-use sim::policy::PolicySpec;
+use rayon::prelude::*;
 use sim::Scenario;
 use std::process::ExitCode;
 use std::time::Instant;
-use workloads::spec::UniformSpec;
-use workloads::{Bandwidth, ByteSize, WorkloadSpec, GIB};
+use workloads::{Bandwidth, ByteSize, GIB};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -38,62 +37,6 @@ fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
-}
-
-/// The standard comparison grid (12 scenarios) crossed with every policy fluid mode models.
-fn fluid_grid() -> Vec<sim::Checked> {
-    let mut out = Vec::new();
-    for bw in [1e9f64, 1e10] {
-        let link_pps: f64 = bw / 8.0 / 4104.0;
-        let wls = vec![
-            WorkloadSpec::Idle(workloads::spec::IdleSpec { rate_pps: 50.0 }),
-            WorkloadSpec::Uniform(UniformSpec {
-                wss: ByteSize(256 << 20),
-                rate_pps: 5000.0,
-                offset: ByteSize(0),
-            }),
-            WorkloadSpec::Uniform(UniformSpec {
-                wss: ByteSize(256 << 20),
-                rate_pps: 50_000.0,
-                offset: ByteSize(0),
-            }),
-            WorkloadSpec::HotCold(workloads::spec::HotColdSpec {
-                hot_wss: ByteSize(64 << 20),
-                hot_rate_pps: 50_000.0,
-                cold_wss: None,
-                cold_rate_pps: 2000.0,
-                offset: ByteSize(0),
-            }),
-            WorkloadSpec::Zipf(workloads::spec::ZipfSpec {
-                wss: ByteSize(GIB),
-                rate_pps: 30_000.0,
-                exponent: 0.99,
-                offset: ByteSize(0),
-            }),
-            WorkloadSpec::Scan(workloads::spec::ScanSpec {
-                wss: None,
-                rate_pps: (1.6 * link_pps).round(),
-                offset: ByteSize(0),
-            }),
-        ];
-        for w in wls {
-            for p in PolicySpec::all_defaults() {
-                if matches!(p, PolicySpec::Postcopy(_)) {
-                    continue;
-                }
-                let mut s = Scenario::default_scenario();
-                s.mode = sim::scenario::Mode::Fluid;
-                s.link.bandwidth = Bandwidth(bw);
-                s.workload = w.clone();
-                s.policy = p;
-                s.limits.max_time_s = 600.0;
-                if let Ok(ck) = s.check() {
-                    out.push(ck);
-                }
-            }
-        }
-    }
-    out
 }
 
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
@@ -145,7 +88,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         );
     }
     if want("fluid-standard-grid") {
-        let grid = fluid_grid();
+        let grid = sim::grids::standard_fluid_grid();
         let mut rates = Vec::new();
         let mut sink = Vec::new();
         for _ in 0..reps {
@@ -170,6 +113,9 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             println!("    {line}");
         }
     }
+    if want("sweep-scaling") && !sweep_scaling()? {
+        return Ok(ExitCode::FAILURE);
+    }
     if want("startup") {
         let exe = std::env::current_exe()?;
         let mut times = Vec::new();
@@ -192,6 +138,81 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The batch of `sweep-scaling`: the standard fluid grid's scenarios (12 workload × link
+/// pairs × every policy fluid mode models) run by the exact engine.
+pub fn sweep_scaling_batch() -> Vec<sim::Checked> {
+    sim::grids::standard_fluid_grid()
+        .into_iter()
+        .filter_map(|ck| {
+            let mut s = ck.scenario;
+            s.mode = sim::scenario::Mode::Exact;
+            s.check().ok()
+        })
+        .collect()
+}
+
+/// Run `batch` on a pool of `threads` threads; every run's CSV row, in batch order, the wall
+/// time in seconds and the longest single run in seconds.
+fn run_batch(batch: &[sim::Checked], threads: usize) -> Result<(Vec<String>, f64, f64)> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    let t0 = Instant::now();
+    let (rows, times): (Vec<String>, Vec<f64>) = pool.install(|| {
+        batch
+            .par_iter()
+            .enumerate()
+            .map(|(i, ck)| {
+                let t = Instant::now();
+                let row = sim::metrics::run_row(i, &sim::simulate(ck, 0).report).join(",");
+                (row, t.elapsed().as_secs_f64())
+            })
+            .unzip()
+    });
+    let longest = times.iter().copied().fold(0.0, f64::max);
+    Ok((rows, t0.elapsed().as_secs_f64(), longest))
+}
+
+/// `sweep-scaling`: the same batch of exact runs on a pool of 1 thread, then 2 threads; prints
+/// both wall times and the speed-up. Returns false (after a loud message) when the two runs'
+/// outputs differ.
+fn sweep_scaling() -> Result<bool> {
+    let batch = sweep_scaling_batch();
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| "?".into());
+    let (one, t1, longest) = run_batch(&batch, 1)?;
+    let (two, t2, _) = run_batch(&batch, 2)?;
+    println!(
+        "{:<26} {:>12.2} s {:>14}  {:<28}",
+        "sweep-scaling, 1 thread",
+        t1,
+        "",
+        format!(
+            "{} exact runs (longest {longest:.2} s), load {load} before",
+            batch.len()
+        )
+    );
+    println!(
+        "{:<26} {:>12.2} s {:>14}  {:<28} ≈ 2× on 2 idle cores",
+        "sweep-scaling, 2 threads",
+        t2,
+        "",
+        format!("speed-up {:.2}×", t1 / t2)
+    );
+    if one != two {
+        let first = one.iter().zip(&two).position(|(a, b)| a != b);
+        eprintln!(
+            "ERROR: sweep-scaling: the 1-thread and 2-thread runs of the same batch differ \
+             (first differing run: {first:?}); parallel sweeps are not deterministic"
+        );
+        return Ok(false);
+    }
+    println!("    outputs of the 1- and 2-thread runs are identical");
+    Ok(true)
 }
 
 /// The `n` scenarios of `grid` that take longest to simulate (best of 3), slowest first.
@@ -225,4 +246,28 @@ fn slowest_scenarios(grid: &[sim::Checked], n: usize) -> Vec<String> {
         .collect();
     timed.sort_by(|a, b| b.0.total_cmp(&a.0));
     timed.into_iter().take(n).map(|(_, s)| s).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_scaling_batch_gives_the_same_rows_on_one_and_two_threads() {
+        let batch = sweep_scaling_batch();
+        assert!(batch.iter().all(|ck| ck.scenario.mode.is_exact()));
+        // A slice of the batch with both links and several policies keeps the test short.
+        let some: Vec<sim::Checked> = batch.iter().step_by(7).cloned().collect();
+        let policies: std::collections::BTreeSet<&str> =
+            some.iter().map(|ck| ck.scenario.policy.name()).collect();
+        assert!(policies.len() >= 5, "{policies:?}");
+        let (one, _, _) = run_batch(&some, 1).unwrap();
+        let (two, _, _) = run_batch(&some, 2).unwrap();
+        assert_eq!(one.len(), some.len());
+        assert_eq!(one, two);
+        // Rows are in batch order: each starts with its index.
+        for (i, r) in one.iter().enumerate() {
+            assert!(r.starts_with(&format!("{i},")), "{r}");
+        }
+    }
 }

@@ -1,4 +1,7 @@
-//! `migsim crosscheck`: fluid (and analytic) mode against the exact engine on a generated grid.
+//! `migsim crosscheck`: fluid (and analytic) mode against the exact engine on a generated grid,
+//! next to the exact engine's own run-to-run spread (the same point with the next seed); and,
+//! with `--geometric-plot`, the sweep that shows where the geometric (analytic) model leaves the
+//! exact engine.
 
 use anyhow::Result;
 use clap::Args;
@@ -12,14 +15,28 @@ use std::process::ExitCode;
 use workloads::spec::{HotColdSpec, IdleSpec, ScanSpec, UniformSpec, ZipfSpec};
 use workloads::{Bandwidth, ByteSize, WorkloadSpec, GIB, MIB};
 
+use super::plot::{render_ratio_figure, RatioFigure};
+
 #[derive(Args, Debug)]
 pub struct CrosscheckArgs {
-    /// Write one row per point (exact, fluid and analytic figures) to this CSV file.
+    /// Write one row per point (exact, fluid, analytic and exact-with-the-next-seed figures) to
+    /// this CSV file; with --geometric-plot, the sweep's points instead.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Worker threads.
     #[arg(short = 'j', long)]
     pub jobs: Option<usize>,
+    /// Instead of the grid, run the geometric-model sweep (uniform writes at fixed multiples of
+    /// the link's page rate, working set from 4 MiB to all memory, exact and analytic mode) and
+    /// draw analytic ÷ exact downtime and total time against the working-set size to this file
+    /// (.svg or .png).
+    #[arg(long, value_name = "FILE")]
+    pub geometric_plot: Option<PathBuf>,
+    /// Run the noise floor (the exact engine with the next seed) at every point, also where the
+    /// first exact run timed out (by default those are skipped: their second run only
+    /// re-measures the time cap, and costs most of the grid's time).
+    #[arg(long)]
+    pub noise_floor_all: bool,
 }
 
 /// The cross-check grid: every workload kind at several rates, links from 100 Mbit/s to
@@ -101,8 +118,99 @@ pub fn grid() -> Vec<Scenario> {
     out
 }
 
-/// (point, [exact, fluid, analytic] as (downtime, total, rounds), exact status)
-type Row = (String, [Option<(f64, f64, u32)>; 3], String);
+/// One mode's figures for one point: downtime (NaN when the VM never switched over), total
+/// time, rounds, status.
+#[derive(Clone, Debug)]
+struct Fig {
+    downtime: f64,
+    total: f64,
+    rounds: u32,
+    status: String,
+}
+
+/// Every grid point's [exact, fluid, analytic, exact with the next seed] figures, and how many
+/// points did not get the second exact run: those whose first exact run hit the time cap, unless
+/// `noise_all` (they are most of the exact engine's time, and a second seed re-measures the cap).
+/// The second exact run follows the first in the same task, so there is no barrier between them.
+fn run_grid(
+    pool: &rayon::ThreadPool,
+    grid: &[Scenario],
+    noise_all: bool,
+) -> (Vec<[Option<Fig>; 4]>, usize) {
+    let timeout = sim::Status::Timeout.as_str();
+    let flat: Vec<[Option<Fig>; 2]> = pool.install(|| {
+        (0..grid.len() * 3)
+            .into_par_iter()
+            .map(|k| {
+                let s = &grid[k / 3];
+                match k % 3 {
+                    0 => {
+                        let e = run_one(s, Mode::Exact, 0);
+                        let again = e.as_ref().is_some_and(|e| noise_all || e.status != timeout);
+                        let n = if again {
+                            run_one(s, Mode::Exact, 1)
+                        } else {
+                            None
+                        };
+                        [e, n]
+                    }
+                    1 => [run_one(s, Mode::Fluid, 0), None],
+                    _ => [run_one(s, Mode::Analytic, 0), None],
+                }
+            })
+            .collect()
+    });
+    let rows: Vec<[Option<Fig>; 4]> = flat
+        .chunks_exact(3)
+        .map(|c| {
+            let [e, n] = c[0].clone();
+            [e, c[1][0].clone(), c[2][0].clone(), n]
+        })
+        .collect();
+    let skipped = rows
+        .iter()
+        .filter(|r| r[0].as_ref().is_some_and(|e| e.status == timeout) && r[3].is_none())
+        .count();
+    (rows, skipped)
+}
+
+/// Run `s` in `mode` with its seed moved by `seed_delta`; None when the mode rejects it.
+fn run_one(s: &Scenario, mode: Mode, seed_delta: u64) -> Option<Fig> {
+    let mut sc = s.clone();
+    sc.mode = mode;
+    sc.seed = sc.seed.wrapping_add(seed_delta);
+    let ck = sc.check().ok()?;
+    let r = sim::simulate(&ck, 0).report;
+    Some(Fig {
+        downtime: r.downtime_ns().map_or(f64::NAN, |d| d as f64),
+        total: r.total_time_ns as f64,
+        rounds: r.rounds,
+        status: r.status.as_str().to_string(),
+    })
+}
+
+/// Run every (scenario, variant) pair on the pool, one task each (so the two exact runs of an
+/// expensive point can proceed in parallel); results come back grouped per scenario, in order.
+fn run_all<const N: usize>(
+    pool: &rayon::ThreadPool,
+    scenarios: &[Scenario],
+    variants: &[(Mode, u64); N],
+) -> Vec<[Option<Fig>; N]> {
+    let flat: Vec<Option<Fig>> = pool.install(|| {
+        (0..scenarios.len() * N)
+            .into_par_iter()
+            .map(|k| {
+                let (m, d) = variants[k % N];
+                run_one(&scenarios[k / N], m, d)
+            })
+            .collect()
+    });
+    let mut it = flat.into_iter();
+    scenarios
+        .iter()
+        .map(|_| std::array::from_fn(|_| it.next().flatten()))
+        .collect()
+}
 
 fn rel(a: f64, b: f64) -> f64 {
     if b == 0.0 {
@@ -123,108 +231,171 @@ fn quantile(v: &[f64], q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
+/// Relative errors of one model against the exact engine (seed 1) over the grid.
+#[derive(Default)]
+struct Errors {
+    downtime: Vec<f64>,
+    total: Vec<f64>,
+    /// Points where the VM switched over in both runs.
+    both_moved: usize,
+    /// Points where it switched over in one run only (left out of both lists).
+    one_moved: usize,
+}
+
+impl Errors {
+    /// Add one point: `model` against `exact`, when both ran.
+    fn add(&mut self, exact: Option<&Fig>, model: Option<&Fig>) {
+        let (Some(e), Some(m)) = (exact, model) else {
+            return;
+        };
+        if e.downtime.is_nan() != m.downtime.is_nan() {
+            self.one_moved += 1;
+            return;
+        }
+        self.total.push(rel(m.total, e.total));
+        if !e.downtime.is_nan() {
+            self.both_moved += 1;
+            self.downtime.push(rel(m.downtime, e.downtime));
+        }
+    }
+
+    fn sort(&mut self) {
+        self.downtime.sort_by(f64::total_cmp);
+        self.total.sort_by(f64::total_cmp);
+    }
+}
+
+/// Percentage of `v` at most `x` (NaN for an empty list).
+fn within(v: &[f64], x: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.iter().filter(|e| **e <= x).count() as f64 / v.len() as f64 * 100.0
+}
+
+fn distribution_line(label: &str, v: &[f64]) -> String {
+    format!(
+        "{:<44} {:>8.2}% {:>8.2}% {:>8.2}% {:>8.2}% {:>10.1}%",
+        label,
+        quantile(v, 0.5) * 100.0,
+        quantile(v, 0.9) * 100.0,
+        quantile(v, 0.95) * 100.0,
+        v.last().copied().unwrap_or(f64::NAN) * 100.0,
+        within(v, 0.02)
+    )
+}
+
+fn csv_cell(x: Option<&Fig>) -> String {
+    match x {
+        Some(f) => format!(
+            "{},{},{}",
+            if f.downtime.is_nan() {
+                String::new()
+            } else {
+                format!("{:.0}", f.downtime)
+            },
+            f.total as u64,
+            f.rounds
+        ),
+        None => ",,".into(),
+    }
+}
+
+/// Header of `--out`: columns are only ever added at the end.
+pub const CSV_HEADER: &str = "point,exact_status,exact_downtime_ns,exact_total_ns,exact_rounds,fluid_downtime_ns,fluid_total_ns,fluid_rounds,analytic_downtime_ns,analytic_total_ns,analytic_rounds,exact2_downtime_ns,exact2_total_ns,exact2_rounds";
+
 pub fn run(a: CrosscheckArgs) -> Result<ExitCode> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.jobs.unwrap_or(0))
         .build()?;
+    if let Some(plot) = &a.geometric_plot {
+        return run_geometric(&pool, plot, a.out.as_deref());
+    }
     let grid = grid();
-    let rows: Vec<Row> = pool.install(|| {
-        grid.par_iter()
-            .map(|s| {
-                let mut figs = [None, None, None];
-                let mut status = String::new();
-                for (i, m) in [Mode::Exact, Mode::Fluid, Mode::Analytic]
-                    .into_iter()
-                    .enumerate()
-                {
-                    let mut sc = s.clone();
-                    sc.mode = m;
-                    let Ok(ck) = sc.check() else { continue };
-                    let r = sim::simulate(&ck, 0).report;
-                    if i == 0 {
-                        status = r.status.as_str().to_string();
-                    }
-                    figs[i] = r
-                        .downtime_ns()
-                        .map(|d| (d as f64, r.total_time_ns as f64, r.rounds));
-                    if r.downtime.is_none() {
-                        figs[i] = Some((f64::NAN, r.total_time_ns as f64, r.rounds));
-                    }
-                }
-                (s.name.clone(), figs, status)
-            })
-            .collect()
-    });
-    let mut dt_err = Vec::new();
-    let mut tt_err = Vec::new();
-    let mut an_dt_err = Vec::new();
-    let mut csv = String::from("point,exact_status,exact_downtime_ns,exact_total_ns,exact_rounds,fluid_downtime_ns,fluid_total_ns,fluid_rounds,analytic_downtime_ns,analytic_total_ns,analytic_rounds\n");
-    let mut both_moved = 0usize;
-    let mut status_mismatch = 0usize;
-    for (name, f, status) in &rows {
-        let cell = |x: Option<(f64, f64, u32)>| match x {
-            Some((d, t, r)) => format!(
-                "{},{},{r}",
-                if d.is_nan() {
-                    String::new()
-                } else {
-                    format!("{d:.0}")
-                },
-                t as u64
-            ),
-            None => ",,".into(),
-        };
+    let (rows, skipped) = run_grid(&pool, &grid, a.noise_floor_all);
+    let mut csv = format!("{CSV_HEADER}\n");
+    let (mut fluid, mut analytic, mut noise) =
+        (Errors::default(), Errors::default(), Errors::default());
+    // Per policy, in grid order: (fluid errors, noise-floor errors).
+    let mut per_policy: Vec<(&'static str, Errors, Errors)> = Vec::new();
+    for (s, f) in grid.iter().zip(&rows) {
+        let status = f[0].as_ref().map_or("", |e| e.status.as_str());
         let _ = writeln!(
             csv,
-            "{name},{status},{},{},{}",
-            cell(f[0]),
-            cell(f[1]),
-            cell(f[2])
+            "{},{status},{},{},{},{}",
+            s.name,
+            csv_cell(f[0].as_ref()),
+            csv_cell(f[1].as_ref()),
+            csv_cell(f[2].as_ref()),
+            csv_cell(f[3].as_ref())
         );
-        if let (Some(e), Some(fl)) = (f[0], f[1]) {
-            if e.0.is_nan() != fl.0.is_nan() {
-                status_mismatch += 1;
-                continue;
+        fluid.add(f[0].as_ref(), f[1].as_ref());
+        analytic.add(f[0].as_ref(), f[2].as_ref());
+        noise.add(f[0].as_ref(), f[3].as_ref());
+        let name = s.policy.name();
+        let k = match per_policy.iter().position(|p| p.0 == name) {
+            Some(k) => k,
+            None => {
+                per_policy.push((name, Errors::default(), Errors::default()));
+                per_policy.len() - 1
             }
-            tt_err.push(rel(fl.1, e.1));
-            if !e.0.is_nan() {
-                both_moved += 1;
-                dt_err.push(rel(fl.0, e.0));
-                if let Some(an) = f[2].filter(|x| !x.0.is_nan()) {
-                    an_dt_err.push(rel(an.0, e.0));
-                }
-            }
-        }
+        };
+        per_policy[k].1.add(f[0].as_ref(), f[1].as_ref());
+        per_policy[k].2.add(f[0].as_ref(), f[3].as_ref());
     }
-    for v in [&mut dt_err, &mut tt_err, &mut an_dt_err] {
-        v.sort_by(|a, b| a.total_cmp(b));
+    for e in [&mut fluid, &mut analytic, &mut noise] {
+        e.sort();
     }
-    let within = |v: &[f64], x: f64| {
-        v.iter().filter(|e| **e <= x).count() as f64 / v.len().max(1) as f64 * 100.0
-    };
     println!(
         "crosscheck: {} points ({} moved in both modes, {} where only one mode moved the VM)",
         rows.len(),
-        both_moved,
-        status_mismatch
+        fluid.both_moved,
+        fluid.one_moved,
     );
     println!(
-        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>11}",
-        "relative error vs exact", "p50", "p90", "p95", "max", "within 2 %"
+        "noise floor: exact with the next seed at {} points ({} where only one seed moved the VM); \
+         {skipped} points whose exact run timed out are not re-run{}",
+        rows.len() - skipped,
+        noise.one_moved,
+        if skipped > 0 {
+            " (--noise-floor-all runs them)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "{:<44} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "relative error vs exact (scenario seed)", "p50", "p90", "p95", "max", "within 2 %"
     );
     for (label, v) in [
-        ("fluid downtime", &dt_err),
-        ("fluid total time", &tt_err),
-        ("analytic downtime", &an_dt_err),
+        ("fluid downtime", &fluid.downtime),
+        ("fluid total time", &fluid.total),
+        ("analytic downtime", &analytic.downtime),
+        ("analytic total time", &analytic.total),
+        ("exact, other seed (noise floor): downtime", &noise.downtime),
+        ("exact, other seed (noise floor): total time", &noise.total),
     ] {
+        println!("{}", distribution_line(label, v));
+    }
+    println!();
+    println!(
+        "{:<20} {:>7} {:>15} {:>15} {:>15} {:>15}",
+        "within 2 %, per", "points", "fluid", "noise floor", "fluid", "noise floor"
+    );
+    println!(
+        "{:<20} {:>7} {:>15} {:>15} {:>15} {:>15}",
+        "policy", "", "downtime", "downtime", "total time", "total time"
+    );
+    for (name, fl, nf) in &per_policy {
+        let n = grid.iter().filter(|s| s.policy.name() == *name).count();
         println!(
-            "{:<28} {:>8.2}% {:>8.2}% {:>8.2}% {:>8.2}% {:>10.1}%",
-            label,
-            quantile(v, 0.5) * 100.0,
-            quantile(v, 0.9) * 100.0,
-            quantile(v, 0.95) * 100.0,
-            v.last().copied().unwrap_or(f64::NAN) * 100.0,
-            within(v, 0.02)
+            "{:<20} {:>7} {:>14.1}% {:>14.1}% {:>14.1}% {:>14.1}%",
+            name,
+            n,
+            within(&fl.downtime, 0.02),
+            within(&nf.downtime, 0.02),
+            within(&fl.total, 0.02),
+            within(&nf.total, 0.02)
         );
     }
     if let Some(p) = &a.out {
@@ -235,4 +406,258 @@ pub fn run(a: CrosscheckArgs) -> Result<ExitCode> {
         println!("wrote {}", p.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The geometric model against the exact engine
+
+/// Header of `--out` with `--geometric-plot`.
+pub const GEOMETRIC_CSV_HEADER: &str = "policy,rate_factor,rate_pps,wss_bytes,exact_status,exact_downtime_ns,exact_total_ns,exact_rounds,analytic_status,analytic_downtime_ns,analytic_total_ns,analytic_rounds,downtime_ratio,total_ratio";
+
+/// analytic ÷ exact, when the VM switched over in both modes.
+fn ratios(e: Option<&Fig>, an: Option<&Fig>) -> (Option<f64>, Option<f64>) {
+    match (e, an) {
+        (Some(e), Some(an)) if !e.downtime.is_nan() && !an.downtime.is_nan() => {
+            (Some(an.downtime / e.downtime), Some(an.total / e.total))
+        }
+        _ => (None, None),
+    }
+}
+
+fn fmt_size(bytes: f64) -> String {
+    let mib = bytes / MIB as f64;
+    if mib >= 1024.0 {
+        format!("{} GiB", mib / 1024.0)
+    } else if mib >= 1.0 {
+        format!("{mib:.0} MiB")
+    } else {
+        format!("{} KiB", bytes / 1024.0)
+    }
+}
+
+fn rate_label(f: f64) -> String {
+    format!("{f}× link page rate")
+}
+
+fn run_geometric(
+    pool: &rayon::ThreadPool,
+    plot: &std::path::Path,
+    out: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    let sweep = sim::grids::geometric_sweep();
+    let scenarios: Vec<Scenario> = sweep.iter().map(|p| p.scenario.clone()).collect();
+    let rows = run_all(
+        pool,
+        &scenarios,
+        &[(Mode::Exact, 0u64), (Mode::Analytic, 0u64)],
+    );
+    let mut csv = format!("{GEOMETRIC_CSV_HEADER}\n");
+    println!(
+        "geometric (analytic) model vs exact engine: {} GiB VM, {} Gbit/s, uniform writes, {} points",
+        sim::grids::GEOMETRIC_MEM / GIB,
+        sim::grids::GEOMETRIC_LINK_BPS / 1e9,
+        sweep.len()
+    );
+    println!(
+        "{:<11} {:>5} {:>9} {:>12} {:>12} {:>9} {:>10} {:>10} {:>9}",
+        "policy", "rate", "wss", "exact dt ms", "analytic", "ratio", "exact s", "analytic", "ratio"
+    );
+    // (policy, rate) -> (wss, downtime ratio, total ratio)
+    type RatioSeries<'a> = ((&'a str, f64), Vec<(f64, f64, f64)>);
+    let mut series: Vec<RatioSeries> = Vec::new();
+    let mut missing = 0usize;
+    for (p, f) in sweep.iter().zip(&rows) {
+        let (e, an) = (f[0].as_ref(), f[1].as_ref());
+        let (dr, tr) = ratios(e, an);
+        let num = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.6}"));
+        let status = |x: Option<&Fig>| x.map_or(String::new(), |f| f.status.clone());
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{},{},{},{}",
+            p.policy,
+            p.rate_factor,
+            match &p.scenario.workload {
+                WorkloadSpec::Uniform(u) => u.rate_pps,
+                _ => f64::NAN,
+            },
+            p.wss,
+            status(e),
+            csv_cell(e),
+            status(an),
+            csv_cell(an),
+            num(dr),
+            num(tr)
+        );
+        let ms = |x: Option<&Fig>| {
+            x.filter(|f| !f.downtime.is_nan())
+                .map_or("-".to_string(), |f| format!("{:.1}", f.downtime / 1e6))
+        };
+        let secs = |x: Option<&Fig>| x.map_or("-".to_string(), |f| format!("{:.1}", f.total / 1e9));
+        let ratio = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}×"));
+        println!(
+            "{:<11} {:>5} {:>9} {:>12} {:>12} {:>9} {:>10} {:>10} {:>9}",
+            p.policy,
+            format!("{}×", p.rate_factor),
+            fmt_size(p.wss as f64),
+            ms(e),
+            ms(an),
+            ratio(dr),
+            secs(e),
+            secs(an),
+            ratio(tr)
+        );
+        let (Some(dr), Some(tr)) = (dr, tr) else {
+            missing += 1;
+            continue;
+        };
+        let key = (p.policy, p.rate_factor);
+        match series.iter_mut().find(|s| s.0 == key) {
+            Some(s) => s.1.push((p.wss as f64, dr, tr)),
+            None => series.push((key, vec![(p.wss as f64, dr, tr)])),
+        }
+    }
+    let mut panels = Vec::new();
+    for policy in sim::grids::GEOMETRIC_POLICIES {
+        for (what, pick) in [("downtime", 1usize), ("total time", 2usize)] {
+            let lines = series
+                .iter()
+                .filter(|s| s.0 .0 == policy)
+                .map(|s| {
+                    let pts =
+                        s.1.iter()
+                            .map(|&(w, d, t)| (w, if pick == 1 { d } else { t }))
+                            .collect();
+                    (rate_label(s.0 .1), pts)
+                })
+                .collect();
+            panels.push((format!("{policy}: {what}"), lines));
+        }
+    }
+    let fig = RatioFigure {
+        title: "Geometric (analytic) model ÷ exact engine, against the working-set size".into(),
+        note: format!(
+            "{} GiB VM, {} Gbit/s, uniform writes over the working set at a fixed rate; \
+             ratio > 1: the geometric model over-predicts; {missing} points where a mode never switched over are not shown",
+            sim::grids::GEOMETRIC_MEM / GIB,
+            sim::grids::GEOMETRIC_LINK_BPS / 1e9
+        ),
+        legend_heading: "guest write rate".into(),
+        x_desc: "working-set size".into(),
+        y_desc: "analytic ÷ exact".into(),
+        cols: 2,
+        panels,
+        x_label: fmt_size,
+        x_ticks: sim::grids::geometric_wss()
+            .into_iter()
+            .step_by(2)
+            .map(|w| w as f64)
+            .collect(),
+    };
+    render_ratio_figure(&fig, plot)?;
+    println!("wrote {}", plot.display());
+    if let Some(p) = out {
+        super::output::write_atomic(p, |b| {
+            b.extend_from_slice(csv.as_bytes());
+            Ok(())
+        })?;
+        println!("wrote {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_keeps_the_old_columns_first() {
+        let old = "point,exact_status,exact_downtime_ns,exact_total_ns,exact_rounds,fluid_downtime_ns,fluid_total_ns,fluid_rounds,analytic_downtime_ns,analytic_total_ns,analytic_rounds";
+        assert!(CSV_HEADER.starts_with(&format!("{old},")));
+        let cols: Vec<&str> = CSV_HEADER.split(',').collect();
+        assert_eq!(
+            &cols[cols.len() - 3..],
+            ["exact2_downtime_ns", "exact2_total_ns", "exact2_rounds"]
+        );
+        // One cell per mode, three columns each, after point and status.
+        assert_eq!(cols.len(), 2 + 3 * 4);
+    }
+
+    fn small(rate_pps: f64) -> Scenario {
+        let mut s = Scenario::default_scenario();
+        s.vm.memory = ByteSize(256 * MIB);
+        s.workload = WorkloadSpec::Uniform(UniformSpec {
+            wss: ByteSize(64 * MIB),
+            rate_pps,
+            offset: ByteSize(0),
+        });
+        s
+    }
+
+    #[test]
+    fn the_noise_floor_runs_the_exact_engine_with_the_next_seed() {
+        let s = small(20_000.0);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let (rows, skipped) = run_grid(&pool, std::slice::from_ref(&s), false);
+        assert_eq!(skipped, 0);
+        let [exact, _, _, exact2] = &rows[0];
+        let (exact, exact2) = (exact.clone().unwrap(), exact2.clone().unwrap());
+        let mut next = s.clone();
+        next.seed += 1;
+        let direct = sim::simulate(&next.check().unwrap(), 0).report;
+        assert_eq!(exact2.total, direct.total_time_ns as f64);
+        assert_eq!(exact2.rounds, direct.rounds);
+        // Another write sequence: the blackout differs (pages dirty at the pause differ).
+        assert_ne!(exact.downtime, exact2.downtime);
+    }
+
+    #[test]
+    fn points_that_timed_out_get_a_second_seed_only_on_request() {
+        // Writes at twice the link's page rate over all 256 MiB: most of memory stays dirty,
+        // far above QEMU's 300 ms threshold, so the 5 s cap ends the run. The converging point
+        // is re-run either way.
+        let mut stuck = small(0.0);
+        stuck.workload = WorkloadSpec::Uniform(UniformSpec {
+            wss: ByteSize(256 * MIB),
+            rate_pps: 2.0 * 1e9 / 8.0 / 4104.0,
+            offset: ByteSize(0),
+        });
+        stuck.limits.max_time_s = 5.0;
+        let grid = [small(20_000.0), stuck];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let (rows, skipped) = run_grid(&pool, &grid, false);
+        assert_eq!(rows[1][0].as_ref().unwrap().status, "timeout");
+        assert_eq!(skipped, 1);
+        assert!(rows[0][3].is_some());
+        assert!(rows[1][3].is_none());
+        let (rows, skipped) = run_grid(&pool, &grid, true);
+        assert_eq!(skipped, 0);
+        assert_eq!(rows[1][3].as_ref().unwrap().status, "timeout");
+    }
+
+    #[test]
+    fn errors_leave_out_points_where_only_one_run_switched_over() {
+        let fig = |d: f64, t: f64| Fig {
+            downtime: d,
+            total: t,
+            rounds: 1,
+            status: String::new(),
+        };
+        let mut e = Errors::default();
+        e.add(Some(&fig(100.0, 1000.0)), Some(&fig(101.0, 1000.0)));
+        e.add(Some(&fig(100.0, 1000.0)), Some(&fig(f64::NAN, 2000.0)));
+        e.add(Some(&fig(f64::NAN, 600.0)), Some(&fig(f64::NAN, 660.0)));
+        e.add(Some(&fig(100.0, 1000.0)), None);
+        e.sort();
+        assert_eq!((e.both_moved, e.one_moved), (1, 1));
+        assert_eq!(e.downtime, vec![0.01]);
+        assert_eq!(e.total.len(), 2);
+        assert!((e.total[1] - 0.1).abs() < 1e-12);
+        assert_eq!(within(&e.total, 0.02), 50.0);
+    }
 }

@@ -992,3 +992,127 @@ fn predicted_vs_measured<DB: DrawingBackend>(
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Ratio figures (used by `migsim crosscheck --geometric-plot`)
+
+/// Named lines of one panel, in legend order: (name, points sorted by x).
+pub type Lines = Vec<(String, Vec<(f64, f64)>)>;
+
+/// A grid of log–log panels of ratios, one line per series, with a reference line at 1.
+pub struct RatioFigure {
+    pub title: String,
+    pub note: String,
+    pub legend_heading: String,
+    pub x_desc: String,
+    pub y_desc: String,
+    /// Panels per row.
+    pub cols: usize,
+    /// (caption, lines); x and y must be > 0.
+    pub panels: Vec<(String, Lines)>,
+    /// Tick label of an x value.
+    pub x_label: fn(f64) -> String,
+    /// Where the x ticks go.
+    pub x_ticks: Vec<f64>,
+}
+
+/// Draw `fig` to `out` (`.svg` or `.png`), atomically.
+pub fn render_ratio_figure(fig: &RatioFigure, out: &Path) -> Result<()> {
+    register_font();
+    let ext = out
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let cols = fig.cols.max(1);
+    let rows = fig.panels.len().div_ceil(cols).max(1);
+    let size = (620 * cols as u32 + LEGEND_W, 480 * rows as u32 + 60);
+    if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = out.with_file_name(format!(".{name}.tmp{}.{ext}", std::process::id()));
+    let res = match ext.as_str() {
+        "svg" => {
+            let root = SVGBackend::new(&tmp, size).into_drawing_area();
+            draw_ratio_figure(fig, &root, rows, cols).and_then(|_| root.present().map_err(pe))
+        }
+        "png" => {
+            let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+            draw_ratio_figure(fig, &root, rows, cols).and_then(|_| root.present().map_err(pe))
+        }
+        _ => bail!("use a .svg or .png file name, got {}", out.display()),
+    };
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, out)
+        .with_context(|| format!("failed to move {} into place", out.display()))?;
+    Ok(())
+}
+
+fn draw_ratio_figure<DB: DrawingBackend>(
+    fig: &RatioFigure,
+    root: &DrawingArea<DB, Shift>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    root.fill(&WHITE).map_err(pe)?;
+    let all = || {
+        fig.panels
+            .iter()
+            .flat_map(|p| p.1.iter().flat_map(|s| s.1.iter().copied()))
+    };
+    let xr = log_range(all().map(|p| p.0)).context("no points to plot")?;
+    // Keep the reference line (ratio 1) in view.
+    let yr = log_range(all().map(|p| p.1).chain([1.0])).context("no points to plot")?;
+    let area = titled(root, &fig.title, &fig.note)?;
+    let names: Vec<String> = distinct(
+        fig.panels
+            .iter()
+            .flat_map(|p| p.1.iter().map(|s| s.0.clone())),
+    );
+    let area = with_legend(&area, &fig.legend_heading, &names)?;
+    let panels = area.split_evenly((rows, cols));
+    for (i, (caption, series)) in fig.panels.iter().enumerate() {
+        let mut chart = ChartBuilder::on(&panels[i])
+            .caption(caption, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(52)
+            .y_label_area_size(72)
+            .build_cartesian_2d(
+                xr.clone().log_scale().with_key_points(fig.x_ticks.clone()),
+                yr.clone().log_scale(),
+            )
+            .map_err(pe)?;
+        let x_label = fig.x_label;
+        chart
+            .configure_mesh()
+            .x_desc(fig.x_desc.as_str())
+            .y_desc(fig.y_desc.as_str())
+            .x_label_formatter(&|v| x_label(*v))
+            .y_label_formatter(&|v| si(*v))
+            .label_style(("sans-serif", 16))
+            .axis_desc_style(("sans-serif", 18))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(pe)?;
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(xr.start, 1.0), (xr.end, 1.0)],
+                6,
+                4,
+                BLACK.stroke_width(1),
+            ))
+            .map_err(pe)?;
+        for (name, pts) in series {
+            let k = names.iter().position(|n| n == name).unwrap_or(0);
+            plot_series(&mut chart, k, pts, true)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! Criterion benchmark of fluid mode on the standard grid (`sim::grids::standard_fluid_grid`:
+//! the 12 standard scenarios × every policy fluid mode models), one thread, each run's CSV row
+//! rendered as `migsim sweep` would. Throughput is reported in scenarios per second.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::hint::black_box;
+use std::time::Duration;
+
+fn fluid_standard_grid(c: &mut Criterion) {
+    let grid = sim::grids::standard_fluid_grid();
+    let mut g = c.benchmark_group("fluid");
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(8));
+    g.throughput(Throughput::Elements(grid.len() as u64));
+    g.bench_function("standard_grid_csv_rows", |b| {
+        b.iter(|| {
+            let mut bytes = 0usize;
+            for (i, ck) in grid.iter().enumerate() {
+                let r = sim::simulate(ck, 0);
+                bytes += sim::metrics::run_row(i, &r.report).join(",").len();
+            }
+            black_box(bytes)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, fluid_standard_grid);
+criterion_main!(benches);
