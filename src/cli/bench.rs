@@ -101,7 +101,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             rates.push(grid.len() as f64 / t0.elapsed().as_secs_f64());
         }
         let max = rates.iter().copied().fold(0.0, f64::max);
-        let slow = slowest_scenarios(&grid, a.slowest);
+        let timed = scenario_times(&grid);
         println!(
             "{:<26} {:>10.0} /s {:>10.0} /s  {:<28} ≥ 100,000 scenarios/s per core",
             "fluid-standard-grid",
@@ -109,7 +109,19 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             max,
             format!("{} scenarios, 1 thread, CSV rows", grid.len())
         );
-        for line in slow {
+        if !timed.is_empty() {
+            let mut us: Vec<f64> = timed.iter().map(|t| t.0).collect();
+            us.sort_by(|a, b| a.total_cmp(b));
+            let mean = us.iter().sum::<f64>() / us.len() as f64;
+            println!(
+                "    per scenario (best of 3): median {:.1} µs, mean {:.1} µs, slowest {:.0} µs \
+                 (SimGrid 3.32's model: ~130 µs per migration)",
+                us[us.len() / 2],
+                mean,
+                us[us.len() - 1]
+            );
+        }
+        for (_, line) in timed.iter().take(a.slowest) {
             println!("    {line}");
         }
     }
@@ -215,11 +227,9 @@ fn sweep_scaling() -> Result<bool> {
     Ok(true)
 }
 
-/// The `n` scenarios of `grid` that take longest to simulate (best of 3), slowest first.
-fn slowest_scenarios(grid: &[sim::Checked], n: usize) -> Vec<String> {
-    if n == 0 {
-        return Vec::new();
-    }
+/// Every scenario of `grid` with its simulation time in µs (best of 3) and a description,
+/// slowest first.
+fn scenario_times(grid: &[sim::Checked]) -> Vec<(f64, String)> {
     let mut timed: Vec<(f64, String)> = grid
         .iter()
         .map(|ck| {
@@ -245,7 +255,7 @@ fn slowest_scenarios(grid: &[sim::Checked], n: usize) -> Vec<String> {
         })
         .collect();
     timed.sort_by(|a, b| b.0.total_cmp(&a.0));
-    timed.into_iter().take(n).map(|(_, s)| s).collect()
+    timed
 }
 
 #[cfg(test)]
