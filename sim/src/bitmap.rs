@@ -87,6 +87,43 @@ impl Bitmap {
         }
     }
 
+    // The batch forms below count without a branch: one per write would be mispredicted about
+    // as often as not while a round fills the dirty log, which made it the engine's hottest
+    // spot. They are checked against `set`/`clear` (which keep their branch, see above) by the
+    // release-mode tests, and the engine's outputs (dirty counts per round) did not change.
+
+    /// Set the bit of every page in `pages` (repeats allowed); returns how many were clear.
+    /// Same result as calling [`set`](Self::set) on each.
+    #[inline]
+    pub fn set_many(&mut self, pages: &[u64]) -> u64 {
+        let mut newly = 0u64;
+        for &i in pages {
+            let w = &mut self.words[(i / 64) as usize];
+            let b = i % 64;
+            let old = *w;
+            *w = old | 1 << b;
+            newly += !old >> b & 1;
+        }
+        self.count += newly;
+        newly
+    }
+
+    /// Clear the bit of every page in `pages` (repeats allowed); returns how many were set.
+    /// Same result as calling [`clear`](Self::clear) on each.
+    #[inline]
+    pub fn clear_many(&mut self, pages: &[u64]) -> u64 {
+        let mut cleared = 0u64;
+        for &i in pages {
+            let w = &mut self.words[(i / 64) as usize];
+            let b = i % 64;
+            let old = *w;
+            *w = old & !(1 << b);
+            cleared += old >> b & 1;
+        }
+        self.count -= cleared;
+        cleared
+    }
+
     pub fn clear_all(&mut self) {
         self.words.iter_mut().for_each(|w| *w = 0);
         self.count = 0;
@@ -188,6 +225,18 @@ mod tests {
             for w in ranges.windows(2) {
                 prop_assert!(w[0].0 + w[0].1 < w[1].0);
             }
+            // The batch forms agree with the single-bit ones, bit for bit and in their counts.
+            let pages: Vec<u64> = b.iter_ones().chain((0..len).step_by(3)).collect();
+            let mut one = b.clone();
+            let mut many = b.clone();
+            let newly = pages.iter().filter(|&&p| one.set(p)).count() as u64;
+            prop_assert_eq!(many.set_many(&pages), newly);
+            prop_assert_eq!(&many, &one);
+            let cleared = pages.iter().rev().step_by(2).filter(|&&p| one.clear(p)).count() as u64;
+            let back: Vec<u64> = pages.iter().rev().step_by(2).copied().collect();
+            prop_assert_eq!(many.clear_many(&back), cleared);
+            prop_assert_eq!(&many, &one);
+            prop_assert_eq!(many.count(), many.iter_ones().count() as u64);
             let mut full = Bitmap::new(len);
             full.or_with(&Bitmap::full(len));
             prop_assert_eq!(full.count(), len);

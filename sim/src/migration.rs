@@ -288,34 +288,34 @@ impl<'a> Sim<'a> {
     /// Apply every guest write up to wall time `t`.
     fn apply_writes(&mut self, t: Nanos) {
         let g = self.guest_time(t);
+        let before = self.stream.total_writes();
         let (dirty, zero, send) = (&mut self.dirty, &mut self.zero, &self.send);
-        let (mut n, mut overlap, mut unzeroed) = (0u64, 0u64, 0u64);
+        let (mut overlap, mut unzeroed) = (0u64, 0u64);
         if self.probe.is_some() {
             // The oracle needs |send ∪ dirty| and |send ∩ zero| at every chunk: keep them exact.
             // Both mutating calls must run for every write (no short-circuit `&&`).
-            self.stream.advance_to(g, |p| {
-                let newly_dirty = dirty.set(p);
-                let newly_nonzero = zero.clear(p);
-                let in_send = send.get(p) as u64;
-                overlap += newly_dirty as u64 & in_send;
-                unzeroed += newly_nonzero as u64 & in_send;
-                n += 1;
+            self.stream.advance_batched(g, |ps| {
+                for &p in ps {
+                    let newly_dirty = dirty.set(p);
+                    let newly_nonzero = zero.clear(p);
+                    let in_send = send.get(p) as u64;
+                    overlap += newly_dirty as u64 & in_send;
+                    unzeroed += newly_nonzero as u64 & in_send;
+                }
             });
         } else if zero.count() == 0 {
-            self.stream.advance_to(g, |p| {
-                dirty.set(p);
-                n += 1;
+            self.stream.advance_batched(g, |ps| {
+                dirty.set_many(ps);
             });
         } else {
-            self.stream.advance_to(g, |p| {
-                dirty.set(p);
-                zero.clear(p);
-                n += 1;
+            self.stream.advance_batched(g, |ps| {
+                dirty.set_many(ps);
+                zero.clear_many(ps);
             });
         }
         self.overlap += overlap;
         self.send_zero -= unzeroed;
-        self.guest_writes += n;
+        self.guest_writes += self.stream.total_writes() - before;
     }
 
     fn set_throttle_ppm(&mut self, t: Nanos, ppm: u64) {

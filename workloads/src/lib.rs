@@ -15,5 +15,5 @@ pub mod trace;
 pub mod units;
 
 pub use spec::{FieldError, Workload, WorkloadSpec};
-pub use stream::{hash_str, mix64, writes_by, WriteStream};
+pub use stream::{hash_str, mix64, writes_by, WriteStream, WRITE_BATCH};
 pub use units::{Bandwidth, ByteSize, GIB, KIB, MIB};
