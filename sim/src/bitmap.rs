@@ -166,6 +166,14 @@ impl Bitmap {
         self.words[wi] = v;
     }
 
+    /// Clear the bits of `mask` in word `wi`; all of them are set, and there are `ones`.
+    #[inline]
+    pub fn clear_set_bits(&mut self, wi: usize, mask: u64, ones: u64) {
+        debug_assert!(self.words[wi] & mask == mask && mask.count_ones() as u64 == ones);
+        self.words[wi] &= !mask;
+        self.count -= ones;
+    }
+
     /// Iterate over set bits in increasing order.
     pub fn iter_ones(&self) -> impl Iterator<Item = u64> + '_ {
         self.words.iter().enumerate().flat_map(|(wi, &w)| {

@@ -21,7 +21,20 @@ use workloads::{mix64, WriteStream};
 /// Time to push `bytes` through a link of `bps` bits/s, rounded up to whole nanoseconds.
 #[inline]
 pub fn transfer_ns(bytes: u64, bps: f64) -> Nanos {
-    (bytes as f64 * 8e9 / bps).ceil() as Nanos
+    ceil_u64(bytes as f64 * 8e9 / bps)
+}
+
+/// `x.ceil() as u64` for every f64, without a call into libm: truncation, plus one when that
+/// dropped a fraction (below 2^53 the truncated value converts back exactly; above, every f64 is
+/// an integer; NaN and values ≤ 0 give 0, values ≥ 2^64 saturate, as `as` does).
+#[inline]
+fn ceil_u64(x: f64) -> u64 {
+    let t = x as u64;
+    if (t as f64) < x {
+        t + 1
+    } else {
+        t
+    }
 }
 
 /// Link time one chunk of pages aims to occupy.
@@ -106,6 +119,38 @@ pub fn initial_zero_pages(mem_pages: u64, fraction: f64, seed: u64) -> Bitmap {
     zero
 }
 
+/// `w` with only its lowest `k` set bits kept; `k` must be below the number of set bits.
+/// (Finds the byte holding the k-th set bit from the bytes' running popcounts, then the bit.)
+#[inline]
+fn lowest_set_bits(w: u64, k: u64) -> u64 {
+    const L8: u64 = 0x0101_0101_0101_0101;
+    const H8: u64 = 0x8080_8080_8080_8080;
+    debug_assert!(k < w.count_ones() as u64);
+    let mut s = w - ((w >> 1) & 0x5555_5555_5555_5555);
+    s = (s & 0x3333_3333_3333_3333) + ((s >> 2) & 0x3333_3333_3333_3333);
+    s = (s + (s >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    // byte i of `prefix`: the set bits in bytes 0..=i (at most 64, so no carries)
+    let prefix = s.wrapping_mul(L8);
+    // bit 7 of byte i of `le`: prefix_i ≤ k (no borrows: 128 + k − prefix_i > 0); those
+    // bytes are a run from byte 0, all kept whole
+    let le = (((k * L8) | H8) - prefix) & H8;
+    let whole = ((le >> 7).wrapping_mul(L8) >> 56) as u32;
+    let shift = whole * 8;
+    let before = if whole == 0 {
+        0
+    } else {
+        (prefix >> (shift - 8)) & 0xff
+    };
+    // drop the lowest k − before set bits of the next byte: its lowest remaining one is the
+    // first bit not kept
+    let mut b = (w >> shift) & 0xff;
+    for _ in 0..k - before {
+        b &= b - 1;
+    }
+    let end = shift + b.trailing_zeros();
+    w & ((1u64 << end) - 1)
+}
+
 /// QEMU's XBZRLE page cache: direct-mapped by page number.
 struct Xbzrle {
     tags: Vec<u64>,
@@ -170,7 +215,8 @@ struct Sim<'a> {
     send: Bitmap,
     dirty: Bitmap,
     zero: Bitmap,
-    sent_once: Bitmap,
+    /// The sender's first sweep through memory is complete (see `take_pages`).
+    first_sweep_done: bool,
     /// |send ∩ dirty| and |send ∩ zero|, kept so the size of send ∪ dirty is known at any time.
     overlap: u64,
     send_zero: u64,
@@ -246,7 +292,7 @@ impl<'a> Sim<'a> {
             send: Bitmap::new(ck.mem_pages),
             dirty: Bitmap::new(ck.mem_pages),
             zero,
-            sent_once: Bitmap::new(ck.mem_pages),
+            first_sweep_done: false,
             overlap: 0,
             send_zero: 0,
             cursor: 0,
@@ -281,8 +327,11 @@ impl<'a> Sim<'a> {
     }
 
     fn guest_time(&self, wall: Nanos) -> Nanos {
-        let dt = wall.saturating_sub(self.anchor_wall) as u128;
-        self.anchor_guest + (dt * (PPM - self.throttle_ppm) as u128 / PPM as u128) as Nanos
+        let dt = wall.saturating_sub(self.anchor_wall);
+        if self.throttle_ppm == 0 {
+            return self.anchor_guest + dt;
+        }
+        self.anchor_guest + (dt as u128 * (PPM - self.throttle_ppm) as u128 / PPM as u128) as Nanos
     }
 
     /// Apply every guest write up to wall time `t`.
@@ -460,9 +509,15 @@ impl<'a> Sim<'a> {
 
     /// Take up to `max` pages from the send set, scanning from the cursor (wrapping), and
     /// account them. Returns (pages, zero pages, wire bytes).
+    ///
+    /// Re-sent pages need no record of what went out before: the send set starts full and the
+    /// sender's first sweep takes pages in address order from 0, so until that sweep reaches the
+    /// end of memory no page it takes has gone out before, and after it every page has (pages
+    /// that post-copy faults take out of the send set are never taken again).
     fn take_pages(&mut self, max: u64, last_stage: bool) -> (u64, u64, u64) {
         let words = self.mem_pages.div_ceil(64) as usize;
         let per_page = self.xbzrle.as_ref().is_some_and(|x| x.active);
+        let probe = self.probe.is_some();
         let (mut taken, mut zeros, mut resent, mut bytes) = (0u64, 0u64, 0u64, 0u64);
         let mut wi = (self.cursor / 64) as usize;
         let mut first_mask = !0u64 << (self.cursor % 64);
@@ -472,25 +527,20 @@ impl<'a> Sim<'a> {
             first_mask = !0;
             if w != 0 {
                 let need = max - taken;
-                let mut pick = w;
-                if (w.count_ones() as u64) > need {
-                    // keep only the lowest `need` set bits
-                    let mut m = 0u64;
-                    let mut rest = w;
-                    for _ in 0..need {
-                        let low = rest & rest.wrapping_neg();
-                        m |= low;
-                        rest &= rest - 1;
-                    }
-                    pick = m;
-                }
-                let n = pick.count_ones() as u64;
+                let ones = w.count_ones() as u64;
+                let (pick, n) = if ones > need {
+                    (lowest_set_bits(w, need), need)
+                } else {
+                    (w, ones)
+                };
                 let zw = pick & self.zero.word(wi);
-                let z = zw.count_ones() as u64;
+                let z = if zw == 0 { 0 } else { zw.count_ones() as u64 };
                 taken += n;
                 zeros += z;
-                resent += (pick & self.sent_once.word(wi)).count_ones() as u64;
-                if self.probe.is_some() {
+                if self.first_sweep_done {
+                    resent += n;
+                }
+                if probe {
                     self.overlap -= (pick & self.dirty.word(wi)).count_ones() as u64;
                     self.send_zero -= z;
                 }
@@ -510,14 +560,15 @@ impl<'a> Sim<'a> {
                     bytes += (n - z) * self.page_wire;
                 }
                 bytes += z * self.zero_wire;
-                let so = self.sent_once.word(wi);
-                self.sent_once.set_word(wi, so | pick);
-                let sw = self.send.word(wi);
-                self.send.set_word(wi, sw & !pick);
+                self.send.clear_set_bits(wi, pick, n);
                 if taken == max {
                     // resume at the bit after the highest one picked
                     let hi = 63 - pick.leading_zeros() as u64;
-                    self.cursor = (wi as u64 * 64 + hi + 1) % self.mem_pages.max(1);
+                    let next = wi as u64 * 64 + hi + 1;
+                    if next >= self.mem_pages {
+                        self.first_sweep_done = true;
+                    }
+                    self.cursor = next % self.mem_pages.max(1);
                     break;
                 }
             }
@@ -525,6 +576,7 @@ impl<'a> Sim<'a> {
             scanned += 1;
             if wi == words {
                 wi = 0;
+                self.first_sweep_done = true;
             }
             self.cursor = (wi as u64 * 64) % self.mem_pages.max(1);
         }
@@ -593,31 +645,45 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Put the next chunk on the link at `t`, or end the round if the send set is empty.
-    fn on_send(&mut self, t: Nanos) -> Outcome {
-        if t < self.sender_ready_at {
-            self.q.schedule(self.sender_ready_at, Event::Send);
-            return Outcome::Running;
+    /// Put the next chunk on the link at `t`, or end the round if the send set is empty. While
+    /// the chunk after it would be the next event anyway, carry on with it here (exactly as if
+    /// it had been queued and popped).
+    fn on_send(&mut self, mut t: Nanos) -> Outcome {
+        loop {
+            if t < self.sender_ready_at {
+                self.q.schedule(self.sender_ready_at, Event::Send);
+                return Outcome::Running;
+            }
+            // Writes change what a chunk sends only through the zero-page map (and the oracle
+            // watches every chunk); otherwise they only need to be in by the next time the
+            // dirty log is looked at, and every such place applies them first.
+            if self.probe.is_some() || self.zero.count() > 0 {
+                self.apply_writes(t);
+            }
+            self.probe(t);
+            if self.send.count() == 0 {
+                self.apply_writes(t);
+                let obs = self.observe(Trigger::RoundEnd, t);
+                let d = self.policy.decide(&obs);
+                return self.apply(d, t, true);
+            }
+            let (pages, zeros, bytes) = self.take_pages(self.chunk_pages, false);
+            self.account(pages, zeros, bytes);
+            // The paced segment ends at `link_busy_until` (= seg_start + its bytes' link time).
+            if t > self.link_busy_until {
+                // the link went idle (sync, policy pause): start a new paced segment
+                self.seg_start = t;
+                self.seg_bytes = 0;
+            }
+            self.seg_bytes += bytes;
+            let done = self.seg_start + transfer_ns(self.seg_bytes, self.precopy_bps);
+            self.link_busy_until = done;
+            if !self.q.run_now(done) {
+                self.q.schedule(done, Event::Send);
+                return Outcome::Running;
+            }
+            t = done;
         }
-        self.apply_writes(t);
-        self.probe(t);
-        if self.send.count() == 0 {
-            let obs = self.observe(Trigger::RoundEnd, t);
-            let d = self.policy.decide(&obs);
-            return self.apply(d, t, true);
-        }
-        let (pages, zeros, bytes) = self.take_pages(self.chunk_pages, false);
-        self.account(pages, zeros, bytes);
-        if t > self.seg_start + transfer_ns(self.seg_bytes, self.precopy_bps) {
-            // the link went idle (sync, policy pause): start a new paced segment
-            self.seg_start = t;
-            self.seg_bytes = 0;
-        }
-        self.seg_bytes += bytes;
-        let done = self.seg_start + transfer_ns(self.seg_bytes, self.precopy_bps);
-        self.link_busy_until = done;
-        self.q.schedule(done, Event::Send);
-        Outcome::Running
     }
 
     fn on_tick(&mut self, t: Nanos, gen: u32) -> Outcome {
@@ -1045,4 +1111,29 @@ pub fn oracle(ck: &Checked, replicate: u32, horizon_ns: Nanos, caps: OracleCaps)
     )
     .1;
     Oracle::min(a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lowest_set_bits;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn lowest_set_bits_keeps_exactly_the_lowest_k(w in any::<u64>(), k in 0u64..64, sparse in any::<u64>()) {
+            for w in [w, w & sparse, !0, w | 1 << 63] {
+                let ones = w.count_ones() as u64;
+                if k >= ones {
+                    continue;
+                }
+                let mut naive = 0u64;
+                let mut rest = w;
+                for _ in 0..k {
+                    naive |= rest & rest.wrapping_neg();
+                    rest &= rest - 1;
+                }
+                prop_assert_eq!(lowest_set_bits(w, k), naive, "w {:#x} k {}", w, k);
+            }
+        }
+    }
 }
