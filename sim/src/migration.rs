@@ -222,6 +222,8 @@ struct Sim<'a> {
     send_zero: u64,
     cursor: u64,
     stream: WriteStream,
+    /// Pages the workload may write (sorted, disjoint `[start, end)` ranges).
+    writable: Vec<(u64, u64)>,
     guest_writes: u64,
     xbzrle: Option<Xbzrle>,
     // guest time = anchor_guest + (wall - anchor_wall) * (1e6 - throttle_ppm) / 1e6
@@ -252,6 +254,8 @@ struct Sim<'a> {
     last_bw: f64,
     rounds: Vec<RoundRecord>,
     probe: Option<OracleProbe>,
+    /// Apply the writes at every chunk (the straightforward schedule; tests compare with it).
+    eager_writes: bool,
 }
 
 impl<'a> Sim<'a> {
@@ -299,6 +303,7 @@ impl<'a> Sim<'a> {
             tick: None,
             tick_gen: 0,
             stream: WriteStream::new(&ck.workload, seed),
+            writable: ck.workload.written_ranges(),
             guest_writes: 0,
             xbzrle,
             throttle_ppm: 0,
@@ -323,6 +328,7 @@ impl<'a> Sim<'a> {
             last_bw: precopy_bps,
             rounds: Vec::new(),
             probe: None,
+            eager_writes: false,
         }
     }
 
@@ -510,11 +516,21 @@ impl<'a> Sim<'a> {
     /// Take up to `max` pages from the send set, scanning from the cursor (wrapping), and
     /// account them. Returns (pages, zero pages, wire bytes).
     ///
+    /// `deferred`: the wall time of this chunk when the guest's writes up to it may not have
+    /// been applied yet. Which pages a chunk takes does not depend on them; whether a page is a
+    /// zero page does, but only for pages still marked zero that the workload can write: only
+    /// when such a page is taken are the writes brought up to date first.
+    ///
     /// Re-sent pages need no record of what went out before: the send set starts full and the
     /// sender's first sweep takes pages in address order from 0, so until that sweep reaches the
     /// end of memory no page it takes has gone out before, and after it every page has (pages
     /// that post-copy faults take out of the send set are never taken again).
-    fn take_pages(&mut self, max: u64, last_stage: bool) -> (u64, u64, u64) {
+    fn take_pages(
+        &mut self,
+        max: u64,
+        last_stage: bool,
+        deferred: Option<Nanos>,
+    ) -> (u64, u64, u64) {
         let words = self.mem_pages.div_ceil(64) as usize;
         let per_page = self.xbzrle.as_ref().is_some_and(|x| x.active);
         let probe = self.probe.is_some();
@@ -527,14 +543,42 @@ impl<'a> Sim<'a> {
             first_mask = !0;
             if w != 0 {
                 let need = max - taken;
-                let ones = w.count_ones() as u64;
-                let (pick, n) = if ones > need {
-                    (lowest_set_bits(w, need), need)
+                let low = w.trailing_zeros();
+                let (pick, n) = if w == !0u64 << low {
+                    // one run of set bits up to bit 63 (a full send set, as in round 0)
+                    let ones = 64 - low as u64;
+                    if ones > need {
+                        (((1u64 << need) - 1) << low, need)
+                    } else {
+                        (w, ones)
+                    }
                 } else {
-                    (w, ones)
+                    let ones = w.count_ones() as u64;
+                    if ones > need {
+                        (lowest_set_bits(w, need), need)
+                    } else {
+                        (w, ones)
+                    }
                 };
-                let zw = pick & self.zero.word(wi);
-                let z = if zw == 0 { 0 } else { zw.count_ones() as u64 };
+                let mut zw = pick & self.zero.word(wi);
+                if zw != 0 {
+                    if let Some(t) = deferred {
+                        if zw & self.writable_bits(wi) != 0
+                            && self.guest_time(t) > self.stream.now_ns()
+                        {
+                            self.apply_writes(t);
+                            zw = pick & self.zero.word(wi);
+                        }
+                    }
+                }
+                // (zero pages come in whole 64-page blocks: mostly all or nothing)
+                let z = if zw == 0 {
+                    0
+                } else if zw == pick {
+                    n
+                } else {
+                    zw.count_ones() as u64
+                };
                 taken += n;
                 zeros += z;
                 if self.first_sweep_done {
@@ -582,6 +626,23 @@ impl<'a> Sim<'a> {
         }
         self.resent += resent;
         (taken, zeros, bytes)
+    }
+
+    /// The bits of word `wi` whose pages the workload may write.
+    fn writable_bits(&self, wi: usize) -> u64 {
+        let lo = wi as u64 * 64;
+        let hi = lo + 64;
+        let first = self.writable.partition_point(|&(_, e)| e <= lo);
+        let mut m = 0u64;
+        for &(s, e) in &self.writable[first..] {
+            if s >= hi {
+                break;
+            }
+            let (a, b) = (s.max(lo) - lo, e.min(hi) - lo);
+            let below_b = if b == 64 { !0 } else { (1u64 << b) - 1 };
+            m |= below_b & (!0u64 << a);
+        }
+        m
     }
 
     fn account(&mut self, pages: u64, zeros: u64, bytes: u64) {
@@ -654,10 +715,10 @@ impl<'a> Sim<'a> {
                 self.q.schedule(self.sender_ready_at, Event::Send);
                 return Outcome::Running;
             }
-            // Writes change what a chunk sends only through the zero-page map (and the oracle
-            // watches every chunk); otherwise they only need to be in by the next time the
-            // dirty log is looked at, and every such place applies them first.
-            if self.probe.is_some() || self.zero.count() > 0 {
+            // The oracle watches every chunk. Otherwise writes need to be in only where the
+            // dirty log is looked at (every such place applies them first) and where a chunk
+            // takes a page they may have made non-zero (take_pages sees to that).
+            if self.probe.is_some() || self.eager_writes {
                 self.apply_writes(t);
             }
             self.probe(t);
@@ -667,7 +728,8 @@ impl<'a> Sim<'a> {
                 let d = self.policy.decide(&obs);
                 return self.apply(d, t, true);
             }
-            let (pages, zeros, bytes) = self.take_pages(self.chunk_pages, false);
+            let deferred = if self.probe.is_some() { None } else { Some(t) };
+            let (pages, zeros, bytes) = self.take_pages(self.chunk_pages, false, deferred);
             self.account(pages, zeros, bytes);
             // The paced segment ends at `link_busy_until` (= seg_start + its bytes' link time).
             if t > self.link_busy_until {
@@ -776,7 +838,7 @@ impl<'a> Sim<'a> {
         let (_, state_ns, resume_ns) = self.fixed_costs();
         let start = t + pause_ns + sync_ns;
         let wait = self.link_busy_until.saturating_sub(start);
-        let (pages, zeros, bytes) = self.take_pages(u64::MAX, true);
+        let (pages, zeros, bytes) = self.take_pages(u64::MAX, true, None);
         self.total_pages += pages;
         self.total_bytes += bytes;
         self.zero_sent += zeros;
@@ -846,7 +908,7 @@ impl<'a> Sim<'a> {
             let push_ns = step.saturating_sub(faulted * page_ns);
             let budget = push_ns / page_ns;
             let before = self.send.count();
-            let (pages, zeros, bytes) = self.take_pages(budget.max(1), true);
+            let (pages, zeros, bytes) = self.take_pages(budget.max(1), true, None);
             self.total_pages += pages;
             self.total_bytes += bytes;
             self.zero_sent += zeros;
@@ -985,6 +1047,16 @@ impl<'a> Sim<'a> {
 pub fn simulate_live(ck: &Checked, replicate: u32) -> RunResult {
     let policy = ck.scenario.policy.build(ck.scenario.vm.vcpus);
     Sim::new(ck, replicate, policy).run(replicate)
+}
+
+/// [`simulate_live`] applying the guest's writes at every chunk, as the model describes it;
+/// the engine defers them where that cannot change a result, and tests check it does not.
+#[cfg(test)]
+pub(crate) fn simulate_live_eager(ck: &Checked, replicate: u32) -> RunResult {
+    let policy = ck.scenario.policy.build(ck.scenario.vm.vcpus);
+    let mut sim = Sim::new(ck, replicate, policy);
+    sim.eager_writes = true;
+    sim.run(replicate)
 }
 
 /// A stop point the oracle considered: pausing at `stop_at_ns` gives `downtime_ns`.
