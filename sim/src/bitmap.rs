@@ -87,41 +87,22 @@ impl Bitmap {
         }
     }
 
-    // The batch forms below count without a branch: one per write would be mispredicted about
-    // as often as not while a round fills the dirty log, which made it the engine's hottest
-    // spot. They are checked against `set`/`clear` (which keep their branch, see above) by the
-    // release-mode tests, and the engine's outputs (dirty counts per round) did not change.
-
-    /// Set the bit of every page in `pages` (repeats allowed); returns how many were clear.
-    /// Same result as calling [`set`](Self::set) on each.
-    #[inline]
-    pub fn set_many(&mut self, pages: &[u64]) -> u64 {
-        let mut newly = 0u64;
-        for &i in pages {
-            let w = &mut self.words[(i / 64) as usize];
-            let b = i % 64;
-            let old = *w;
-            *w = old | 1 << b;
-            newly += !old >> b & 1;
+    /// A [`Setter`] for setting many bits in a tight loop.
+    pub fn setter(&mut self) -> Setter<'_> {
+        Setter {
+            words: &mut self.words,
+            count: &mut self.count,
+            changed: 0,
         }
-        self.count += newly;
-        newly
     }
 
-    /// Clear the bit of every page in `pages` (repeats allowed); returns how many were set.
-    /// Same result as calling [`clear`](Self::clear) on each.
-    #[inline]
-    pub fn clear_many(&mut self, pages: &[u64]) -> u64 {
-        let mut cleared = 0u64;
-        for &i in pages {
-            let w = &mut self.words[(i / 64) as usize];
-            let b = i % 64;
-            let old = *w;
-            *w = old & !(1 << b);
-            cleared += old >> b & 1;
+    /// A [`Clearer`] for clearing many bits in a tight loop.
+    pub fn clearer(&mut self) -> Clearer<'_> {
+        Clearer {
+            words: &mut self.words,
+            count: &mut self.count,
+            changed: 0,
         }
-        self.count -= cleared;
-        cleared
     }
 
     pub fn clear_all(&mut self) {
@@ -138,6 +119,35 @@ impl Bitmap {
             count += a.count_ones() as u64;
         }
         self.count = count;
+    }
+
+    /// The number of bits set in `other` but not in `self`. Looks only at the words in `spans`
+    /// (disjoint `[first, end)` word-index ranges), outside which `other` must have no bits.
+    pub fn count_new_within(&self, other: &Bitmap, spans: &[(usize, usize)]) -> u64 {
+        assert_eq!(self.len, other.len, "bitmaps of different sizes");
+        let mut new = 0u64;
+        for &(a, b) in spans {
+            for (s, o) in self.words[a..b].iter().zip(&other.words[a..b]) {
+                new += (o & !s).count_ones() as u64;
+            }
+        }
+        new
+    }
+
+    /// `self |= other`, then clear `other`. Looks only at the words in `spans` (disjoint
+    /// `[first, end)` word-index ranges), outside which `other` must have no bits.
+    pub fn absorb_within(&mut self, other: &mut Bitmap, spans: &[(usize, usize)]) {
+        assert_eq!(self.len, other.len, "bitmaps of different sizes");
+        let mut new = 0u64;
+        for &(a, b) in spans {
+            for (s, o) in self.words[a..b].iter_mut().zip(&mut other.words[a..b]) {
+                new += (*o & !*s).count_ones() as u64;
+                *s |= *o;
+                *o = 0;
+            }
+        }
+        self.count += new;
+        other.count = 0;
     }
 
     /// OR a raw little-endian word slice (e.g. a KVM dirty log) into this bitmap.
@@ -203,6 +213,64 @@ impl Bitmap {
     }
 }
 
+// `Setter` and `Clearer` count without a branch: one per write would be mispredicted about as
+// often as not while a round fills the dirty log, which made it the engine's hottest spot. They
+// are checked against `set`/`clear` (which keep their branch, see above) by the release-mode
+// tests, and the engine's outputs (the dirty counts of every round) did not change.
+
+/// Sets bits of a [`Bitmap`] one at a time, as [`Bitmap::set`] does, but counts the newly set
+/// ones aside and adds them to the bitmap's count when dropped: held in a local, its count
+/// stays in a register.
+pub struct Setter<'a> {
+    words: &'a mut [u64],
+    count: &'a mut u64,
+    changed: u64,
+}
+
+impl Setter<'_> {
+    /// Set bit `i`.
+    #[inline]
+    pub fn set(&mut self, i: u64) {
+        let w = &mut self.words[(i / 64) as usize];
+        let b = i % 64;
+        let old = *w;
+        *w = old | 1 << b;
+        self.changed += !old >> b & 1;
+    }
+}
+
+impl Drop for Setter<'_> {
+    fn drop(&mut self) {
+        *self.count += self.changed;
+    }
+}
+
+/// Clears bits of a [`Bitmap`] one at a time, as [`Bitmap::clear`] does, keeping the count
+/// aside like [`Setter`].
+pub struct Clearer<'a> {
+    words: &'a mut [u64],
+    count: &'a mut u64,
+    changed: u64,
+}
+
+impl Clearer<'_> {
+    /// Clear bit `i`.
+    #[inline]
+    pub fn clear(&mut self, i: u64) {
+        let w = &mut self.words[(i / 64) as usize];
+        let b = i % 64;
+        let old = *w;
+        *w = old & !(1 << b);
+        self.changed += old >> b & 1;
+    }
+}
+
+impl Drop for Clearer<'_> {
+    fn drop(&mut self) {
+        *self.count -= self.changed;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,18 +301,41 @@ mod tests {
             for w in ranges.windows(2) {
                 prop_assert!(w[0].0 + w[0].1 < w[1].0);
             }
-            // The batch forms agree with the single-bit ones, bit for bit and in their counts.
+            // Setter and Clearer agree with set and clear, bit for bit and in their counts.
             let pages: Vec<u64> = b.iter_ones().chain((0..len).step_by(3)).collect();
             let mut one = b.clone();
             let mut many = b.clone();
-            let newly = pages.iter().filter(|&&p| one.set(p)).count() as u64;
-            prop_assert_eq!(many.set_many(&pages), newly);
+            pages.iter().for_each(|&p| {
+                one.set(p);
+            });
+            {
+                let mut s = many.setter();
+                pages.iter().for_each(|&p| s.set(p));
+            }
             prop_assert_eq!(&many, &one);
-            let cleared = pages.iter().rev().step_by(2).filter(|&&p| one.clear(p)).count() as u64;
-            let back: Vec<u64> = pages.iter().rev().step_by(2).copied().collect();
-            prop_assert_eq!(many.clear_many(&back), cleared);
+            pages.iter().rev().step_by(2).for_each(|&p| {
+                one.clear(p);
+            });
+            {
+                let mut c = many.clearer();
+                pages.iter().rev().step_by(2).for_each(|&p| c.clear(p));
+            }
             prop_assert_eq!(&many, &one);
             prop_assert_eq!(many.count(), many.iter_ones().count() as u64);
+            // Span-restricted union and absorb agree with the whole-bitmap forms.
+            let words = len.div_ceil(64) as usize;
+            let spans = [(0, words / 2), (words / 2, words)];
+            let mut other = Bitmap::new(len);
+            for i in (0..len).step_by(5) {
+                other.set(i);
+            }
+            let mut u = b.clone();
+            u.or_with(&other);
+            prop_assert_eq!(b.count() + b.count_new_within(&other, &spans), u.count());
+            let mut v = b.clone();
+            v.absorb_within(&mut other, &spans);
+            prop_assert_eq!(&v, &u);
+            prop_assert_eq!(&other, &Bitmap::new(len));
             let mut full = Bitmap::new(len);
             full.or_with(&Bitmap::full(len));
             prop_assert_eq!(full.count(), len);

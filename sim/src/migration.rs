@@ -11,12 +11,12 @@
 //! writes are applied at every chunk boundary, so the bitmaps are exact at every sync and at the
 //! pause, and zero-page detection is exact to within one chunk.
 
-use crate::bitmap::Bitmap;
+use crate::bitmap::{Bitmap, Clearer, Setter};
 use crate::engine::{EventQueue, Nanos};
 use crate::metrics::{Downtime, PostcopyStats, RoundRecord, RunReport, RunResult, Status};
 use crate::policy::{Decision, Observation, Policy, RoundSummary, StopReason, Trigger};
 use crate::scenario::Checked;
-use workloads::{mix64, WriteStream};
+use workloads::{mix64, WriteSink, WriteStream};
 
 /// Time to push `bytes` through a link of `bps` bits/s, rounded up to whole nanoseconds.
 #[inline]
@@ -151,6 +151,45 @@ fn lowest_set_bits(w: u64, k: u64) -> u64 {
     w & ((1u64 << end) - 1)
 }
 
+/// The bitmap words covering page ranges `[start, end)` (sorted, disjoint), clipped to
+/// `mem_pages`, as disjoint `[first, end)` word-index ranges.
+fn word_spans(ranges: &[(u64, u64)], mem_pages: u64) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for &(s, e) in ranges {
+        let e = e.min(mem_pages);
+        if s >= e {
+            continue;
+        }
+        let (a, b) = ((s / 64) as usize, e.div_ceil(64) as usize);
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// Marks the guest's writes in the dirty log.
+struct MarkDirty<'a>(Setter<'a>);
+
+impl WriteSink for MarkDirty<'_> {
+    #[inline]
+    fn write(&mut self, page: u64) {
+        self.0.set(page);
+    }
+}
+
+/// Marks the guest's writes in the dirty log and takes them out of the zero-page map.
+struct MarkDirtyNonzero<'a>(Setter<'a>, Clearer<'a>);
+
+impl WriteSink for MarkDirtyNonzero<'_> {
+    #[inline]
+    fn write(&mut self, page: u64) {
+        self.0.set(page);
+        self.1.clear(page);
+    }
+}
+
 /// QEMU's XBZRLE page cache: direct-mapped by page number.
 struct Xbzrle {
     tags: Vec<u64>,
@@ -224,6 +263,8 @@ struct Sim<'a> {
     stream: WriteStream,
     /// Pages the workload may write (sorted, disjoint `[start, end)` ranges).
     writable: Vec<(u64, u64)>,
+    /// The same as bitmap word-index ranges: the only words the dirty log can have bits in.
+    dirty_spans: Vec<(usize, usize)>,
     guest_writes: u64,
     xbzrle: Option<Xbzrle>,
     // guest time = anchor_guest + (wall - anchor_wall) * (1e6 - throttle_ppm) / 1e6
@@ -304,6 +345,7 @@ impl<'a> Sim<'a> {
             tick_gen: 0,
             stream: WriteStream::new(&ck.workload, seed),
             writable: ck.workload.written_ranges(),
+            dirty_spans: word_spans(&ck.workload.written_ranges(), ck.mem_pages),
             guest_writes: 0,
             xbzrle,
             throttle_ppm: 0,
@@ -344,32 +386,28 @@ impl<'a> Sim<'a> {
     fn apply_writes(&mut self, t: Nanos) {
         let g = self.guest_time(t);
         let before = self.stream.total_writes();
-        let (dirty, zero, send) = (&mut self.dirty, &mut self.zero, &self.send);
-        let (mut overlap, mut unzeroed) = (0u64, 0u64);
         if self.probe.is_some() {
             // The oracle needs |send ∪ dirty| and |send ∩ zero| at every chunk: keep them exact.
             // Both mutating calls must run for every write (no short-circuit `&&`).
-            self.stream.advance_batched(g, |ps| {
-                for &p in ps {
-                    let newly_dirty = dirty.set(p);
-                    let newly_nonzero = zero.clear(p);
-                    let in_send = send.get(p) as u64;
-                    overlap += newly_dirty as u64 & in_send;
-                    unzeroed += newly_nonzero as u64 & in_send;
-                }
+            let (dirty, zero, send) = (&mut self.dirty, &mut self.zero, &self.send);
+            let (mut overlap, mut unzeroed) = (0u64, 0u64);
+            self.stream.advance_to(g, |p| {
+                let newly_dirty = dirty.set(p);
+                let newly_nonzero = zero.clear(p);
+                let in_send = send.get(p) as u64;
+                overlap += newly_dirty as u64 & in_send;
+                unzeroed += newly_nonzero as u64 & in_send;
             });
-        } else if zero.count() == 0 {
-            self.stream.advance_batched(g, |ps| {
-                dirty.set_many(ps);
-            });
+            self.overlap += overlap;
+            self.send_zero -= unzeroed;
+        } else if self.zero.count() == 0 {
+            self.stream.advance_sink(g, MarkDirty(self.dirty.setter()));
         } else {
-            self.stream.advance_batched(g, |ps| {
-                dirty.set_many(ps);
-                zero.clear_many(ps);
-            });
+            self.stream.advance_sink(
+                g,
+                MarkDirtyNonzero(self.dirty.setter(), self.zero.clearer()),
+            );
         }
-        self.overlap += overlap;
-        self.send_zero -= unzeroed;
         self.guest_writes += self.stream.total_writes() - before;
     }
 
@@ -468,24 +506,19 @@ impl<'a> Sim<'a> {
     }
 
     /// |send ∪ dirty|: what a stop now would have to send. Kept incrementally when the oracle
-    /// watches; otherwise counted from the bitmaps.
+    /// watches; otherwise counted from the bitmaps (where the workload writes: the dirty log
+    /// has no bits elsewhere).
     fn pending_pages(&self) -> u64 {
         if self.probe.is_some() {
             self.send.count() + self.dirty.count() - self.overlap
         } else {
-            self.send
-                .words()
-                .iter()
-                .zip(self.dirty.words())
-                .map(|(a, b)| (a | b).count_ones() as u64)
-                .sum()
+            self.send.count() + self.send.count_new_within(&self.dirty, &self.dirty_spans)
         }
     }
 
     /// Move the dirty log into the send set.
     fn merge_dirty(&mut self) {
-        self.send.or_with(&self.dirty);
-        self.dirty.clear_all();
+        self.send.absorb_within(&mut self.dirty, &self.dirty_spans);
         self.overlap = 0;
     }
 
@@ -1187,8 +1220,16 @@ pub fn oracle(ck: &Checked, replicate: u32, horizon_ns: Nanos, caps: OracleCaps)
 
 #[cfg(test)]
 mod tests {
-    use super::lowest_set_bits;
+    use super::{lowest_set_bits, word_spans};
     use proptest::prelude::*;
+
+    #[test]
+    fn word_spans_cover_the_ranges_once() {
+        let r = [(0, 3), (60, 70), (100, 128), (130, 131), (1000, u64::MAX)];
+        assert_eq!(word_spans(&r, 500), vec![(0, 3)]);
+        assert_eq!(word_spans(&r, 2000), vec![(0, 3), (15, 32)]);
+        assert_eq!(word_spans(&[(64, 128)], 200), vec![(1, 2)]);
+    }
 
     proptest! {
         #[test]

@@ -9,11 +9,12 @@
 //!   WorkloadSpec --check(mem, page)--> Workload --WriteStream::new(seed)--> advance_to(t, |page| ..)
 //! ```
 
+pub mod pcg;
 pub mod spec;
 pub mod stream;
 pub mod trace;
 pub mod units;
 
 pub use spec::{FieldError, Workload, WorkloadSpec};
-pub use stream::{hash_str, mix64, writes_by, WriteStream, WRITE_BATCH};
+pub use stream::{hash_str, mix64, writes_by, FnSink, WriteSink, WriteStream};
 pub use units::{Bandwidth, ByteSize, GIB, KIB, MIB};

@@ -2,14 +2,15 @@
 //!
 //! Each class writes at its own constant rate: write number `k` (1-based) of a class happens at
 //! guest time `k / rate`, so the number of writes by guest time `t` is `floor(t · rate)`. Which page
-//! each write touches is drawn from a per-class `Pcg64Mcg` generator seeded from the run's seed and
+//! each write touches is drawn from a per-class `Pcg64Mcg` generator ([`crate::pcg::Mcg128`], the same
+//! generator bit for bit) seeded from the run's seed and
 //! the class index, so the same spec and seed give the same page sequence on every platform and in
 //! both backends.
 
+use crate::pcg::Mcg128;
 use crate::spec::{Class, Pattern, Workload};
-use rand::{RngCore, SeedableRng};
+use rand::SeedableRng;
 use rand_distr::{Distribution, Zipf};
-use rand_pcg::Pcg64Mcg;
 
 /// Stable 64-bit mix of two values (SplitMix64 finaliser). Used to derive independent seeds.
 pub fn mix64(a: u64, b: u64) -> u64 {
@@ -38,33 +39,19 @@ pub fn writes_by(rate_pps: f64, t_ns: u64) -> u64 {
     (t_ns as f64 * rate_pps / 1e9) as u64
 }
 
-/// Most writes handed to a batch sink at once (see [`WriteStream::advance_batched`]).
-pub const WRITE_BATCH: usize = 256;
-
-/// Collects single writes into batches of at most [`WRITE_BATCH`] for a batch sink.
-struct Batcher<'a, F: FnMut(&[u64])> {
-    buf: &'a mut [u64; WRITE_BATCH],
-    len: usize,
-    sink: &'a mut F,
+/// Receives a stream's writes one page at a time. The stream holds the sink by value (a local)
+/// while it generates, so a sink that counts can keep its counters in registers.
+pub trait WriteSink {
+    fn write(&mut self, page: u64);
 }
 
-impl<F: FnMut(&[u64])> Batcher<'_, F> {
-    #[inline]
-    fn push(&mut self, p: u64) {
-        self.buf[self.len] = p;
-        self.len += 1;
-        if self.len == WRITE_BATCH {
-            (self.sink)(&self.buf[..]);
-            self.len = 0;
-        }
-    }
+/// A closure as a [`WriteSink`].
+pub struct FnSink<F: FnMut(u64)>(pub F);
 
+impl<F: FnMut(u64)> WriteSink for FnSink<F> {
     #[inline]
-    fn flush(&mut self) {
-        if self.len > 0 {
-            (self.sink)(&self.buf[..self.len]);
-            self.len = 0;
-        }
+    fn write(&mut self, page: u64) {
+        (self.0)(page)
     }
 }
 
@@ -73,7 +60,7 @@ struct ClassStream {
     pages: u64,
     rate_pps: f64,
     pattern: Pattern,
-    rng: Pcg64Mcg,
+    rng: Mcg128,
     zipf: Option<Zipf<f64>>,
     emitted: u64,
 }
@@ -90,27 +77,19 @@ impl ClassStream {
             pages: class.pages,
             rate_pps: class.rate_pps,
             pattern: class.pattern,
-            rng: Pcg64Mcg::seed_from_u64(seed),
+            rng: Mcg128::seed_from_u64(seed),
             zipf,
             emitted: 0,
         }
     }
 
-    /// Emit this class's writes up to class-local time `local_ns` to `sink`, in order, in
-    /// batches of at most [`WRITE_BATCH`]. Returns how many were emitted.
+    /// Emit this class's writes up to class-local time `local_ns` to `sink`, in order.
+    /// Returns the sink and how many writes were emitted.
     #[inline]
-    fn advance<F: FnMut(&[u64])>(
-        &mut self,
-        local_ns: u64,
-        buf: &mut [u64; WRITE_BATCH],
-        sink: &mut F,
-    ) -> u64 {
+    fn advance<S: WriteSink>(&mut self, local_ns: u64, sink: S) -> (S, u64) {
+        let mut sink = sink;
         let target = writes_by(self.rate_pps, local_ns);
         let n = target.saturating_sub(self.emitted);
-        if n == 0 {
-            self.emitted = self.emitted.max(target);
-            return 0;
-        }
         match self.pattern {
             Pattern::Uniform => {
                 // Multiply-shift range reduction (Lemire) without the rejection step: its bias is
@@ -119,38 +98,37 @@ impl ClassStream {
                 let range = self.pages as u128;
                 let first = self.first_page;
                 let mut rng = self.rng.clone();
-                let mut left = n;
-                while left > 0 {
-                    let k = left.min(WRITE_BATCH as u64) as usize;
-                    for slot in &mut buf[..k] {
-                        let r = rng.next_u64() as u128;
-                        *slot = first + ((r * range) >> 64) as u64;
+                if self.pages.is_power_of_two() {
+                    // (r · 2^k) >> 64 is r >> (64 − k): the same value without a multiplication
+                    let k = self.pages.trailing_zeros();
+                    if k == 0 {
+                        rng.for_each_u64(n, |_| sink.write(first));
+                    } else {
+                        rng.for_each_u64(n, |r| sink.write(first + (r >> (64 - k))));
                     }
-                    sink(&buf[..k]);
-                    left -= k as u64;
+                } else {
+                    rng.for_each_u64(n, |r| {
+                        sink.write(first + ((r as u128 * range) >> 64) as u64);
+                    });
                 }
                 self.rng = rng;
             }
             Pattern::Sequential => {
-                let mut b = Batcher { buf, len: 0, sink };
                 for i in 0..n {
-                    b.push(self.first_page + (self.emitted + i) % self.pages);
+                    sink.write(self.first_page + (self.emitted + i) % self.pages);
                 }
-                b.flush();
             }
             Pattern::Zipf { .. } => {
                 if let Some(z) = &self.zipf {
-                    let mut b = Batcher { buf, len: 0, sink };
                     for _ in 0..n {
                         let rank = z.sample(&mut self.rng) as u64;
-                        b.push(self.first_page + (rank.max(1) - 1).min(self.pages - 1));
+                        sink.write(self.first_page + (rank.max(1) - 1).min(self.pages - 1));
                     }
-                    b.flush();
                 }
             }
         }
         self.emitted = self.emitted.max(target);
-        n
+        (sink, n)
     }
 }
 
@@ -173,8 +151,6 @@ enum Inner {
 /// A deterministic source of page writes in guest time.
 pub struct WriteStream {
     seed: u64,
-    /// Scratch space for handing writes over in batches.
-    buf: Box<[u64; WRITE_BATCH]>,
     inner: Inner,
     now_ns: u64,
     total: u64,
@@ -206,7 +182,6 @@ impl WriteStream {
         };
         WriteStream {
             seed,
-            buf: Box::new([0; WRITE_BATCH]),
             inner,
             now_ns: 0,
             total: 0,
@@ -225,39 +200,34 @@ impl WriteStream {
 
     /// Emit every write with guest time in `(now, t_ns]`, in no particular order across classes
     /// (order within a class is preserved). Calls with `t_ns` ≤ now emit nothing.
-    pub fn advance_to<F: FnMut(u64)>(&mut self, t_ns: u64, mut sink: F) {
-        self.advance_batched(t_ns, |ps| ps.iter().for_each(|&p| sink(p)));
+    pub fn advance_to<F: FnMut(u64)>(&mut self, t_ns: u64, sink: F) {
+        self.advance_sink(t_ns, FnSink(sink));
     }
 
-    /// [`advance_to`](Self::advance_to) handing the writes over in slices of at most
-    /// [`WRITE_BATCH`] pages (same writes, same order), so the receiver can run a tight loop.
-    pub fn advance_batched<F: FnMut(&[u64])>(&mut self, t_ns: u64, mut sink: F) {
+    /// [`advance_to`](Self::advance_to) with a [`WriteSink`], which it hands back.
+    pub fn advance_sink<S: WriteSink>(&mut self, t_ns: u64, sink: S) -> S {
+        let mut sink = sink;
         if t_ns <= self.now_ns {
-            return;
+            return sink;
         }
         let seed = self.seed;
-        let buf = &mut *self.buf;
         match &mut self.inner {
             Inner::Classes(cs) => {
                 for c in cs.iter_mut() {
-                    self.total += c.advance(t_ns, buf, &mut sink);
+                    let n;
+                    (sink, n) = c.advance(t_ns, sink);
+                    self.total += n;
                 }
             }
             Inner::Trace { writes, pos } => {
-                let mut b = Batcher {
-                    buf,
-                    len: 0,
-                    sink: &mut sink,
-                };
                 while let Some(&(t, p)) = writes.get(*pos) {
                     if t > t_ns {
                         break;
                     }
-                    b.push(p);
+                    sink.write(p);
                     *pos += 1;
                     self.total += 1;
                 }
-                b.flush();
             }
             Inner::Phased {
                 phases,
@@ -273,12 +243,16 @@ impl WriteStream {
                 let end = start_ns.saturating_add(dur);
                 if last || t_ns < end {
                     for c in current.iter_mut() {
-                        self.total += c.advance(t_ns - *start_ns, buf, &mut sink);
+                        let n;
+                        (sink, n) = c.advance(t_ns - *start_ns, sink);
+                        self.total += n;
                     }
                     break;
                 }
                 for c in current.iter_mut() {
-                    self.total += c.advance(dur, buf, &mut sink);
+                    let n;
+                    (sink, n) = c.advance(dur, sink);
+                    self.total += n;
                 }
                 *instance += 1;
                 *start_ns = end;
@@ -287,6 +261,7 @@ impl WriteStream {
             },
         }
         self.now_ns = t_ns;
+        sink
     }
 }
 
@@ -378,15 +353,19 @@ mod tests {
             first,
             [15514, 11861, 13902, 1202, 11803, 6921, 14087, 11243, 1972, 704, 1911, 4623]
         );
-        // The batched form hands over the same writes in the same order.
-        let mut b = WriteStream::new(&w, 42);
-        let mut hb = 0u64;
-        for step in 1..=40u64 {
-            b.advance_batched(step * 333_333, |ps| {
-                assert!(ps.len() <= WRITE_BATCH);
-                ps.iter().for_each(|&p| hb = mix64(hb, p));
-            });
+        // A sink struct gets the same writes in the same order.
+        struct Hash(u64);
+        impl WriteSink for Hash {
+            fn write(&mut self, p: u64) {
+                self.0 = mix64(self.0, p);
+            }
         }
+        let mut b = WriteStream::new(&w, 42);
+        let mut hb = Hash(0);
+        for step in 1..=40u64 {
+            hb = b.advance_sink(step * 333_333, hb);
+        }
+        let hb = hb.0;
         assert_eq!(hb, h);
     }
 
