@@ -96,15 +96,6 @@ impl Bitmap {
         }
     }
 
-    /// A [`Clearer`] for clearing many bits in a tight loop.
-    pub fn clearer(&mut self) -> Clearer<'_> {
-        Clearer {
-            words: &mut self.words,
-            count: &mut self.count,
-            changed: 0,
-        }
-    }
-
     pub fn clear_all(&mut self) {
         self.words.iter_mut().for_each(|w| *w = 0);
         self.count = 0;
@@ -132,6 +123,20 @@ impl Bitmap {
             }
         }
         new
+    }
+
+    /// `self &= !other`. Looks only at the words in `spans` (disjoint `[first, end)` word-index
+    /// ranges), outside which `other` must have no bits.
+    pub fn remove_within(&mut self, other: &Bitmap, spans: &[(usize, usize)]) {
+        assert_eq!(self.len, other.len, "bitmaps of different sizes");
+        let mut gone = 0u64;
+        for &(a, b) in spans {
+            for (s, o) in self.words[a..b].iter_mut().zip(&other.words[a..b]) {
+                gone += (*s & *o).count_ones() as u64;
+                *s &= !*o;
+            }
+        }
+        self.count -= gone;
     }
 
     /// `self |= other`, then clear `other`. Looks only at the words in `spans` (disjoint
@@ -213,10 +218,10 @@ impl Bitmap {
     }
 }
 
-// `Setter` and `Clearer` count without a branch: one per write would be mispredicted about as
-// often as not while a round fills the dirty log, which made it the engine's hottest spot. They
-// are checked against `set`/`clear` (which keep their branch, see above) by the release-mode
-// tests, and the engine's outputs (the dirty counts of every round) did not change.
+// `Setter` counts without a branch: one per write would be mispredicted about as often as not
+// while a round fills the dirty log, which made it the engine's hottest spot. It is checked
+// against `set` (which keeps its branch, see above) by the release-mode tests, and the engine's
+// outputs (the dirty counts of every round) did not change.
 
 /// Sets bits of a [`Bitmap`] one at a time, as [`Bitmap::set`] does, but counts the newly set
 /// ones aside and adds them to the bitmap's count when dropped: held in a local, its count
@@ -242,32 +247,6 @@ impl Setter<'_> {
 impl Drop for Setter<'_> {
     fn drop(&mut self) {
         *self.count += self.changed;
-    }
-}
-
-/// Clears bits of a [`Bitmap`] one at a time, as [`Bitmap::clear`] does, keeping the count
-/// aside like [`Setter`].
-pub struct Clearer<'a> {
-    words: &'a mut [u64],
-    count: &'a mut u64,
-    changed: u64,
-}
-
-impl Clearer<'_> {
-    /// Clear bit `i`.
-    #[inline]
-    pub fn clear(&mut self, i: u64) {
-        let w = &mut self.words[(i / 64) as usize];
-        let b = i % 64;
-        let old = *w;
-        *w = old & !(1 << b);
-        self.changed += old >> b & 1;
-    }
-}
-
-impl Drop for Clearer<'_> {
-    fn drop(&mut self) {
-        *self.count -= self.changed;
     }
 }
 
@@ -301,7 +280,7 @@ mod tests {
             for w in ranges.windows(2) {
                 prop_assert!(w[0].0 + w[0].1 < w[1].0);
             }
-            // Setter and Clearer agree with set and clear, bit for bit and in their counts.
+            // Setter agrees with set, bit for bit and in its count.
             let pages: Vec<u64> = b.iter_ones().chain((0..len).step_by(3)).collect();
             let mut one = b.clone();
             let mut many = b.clone();
@@ -311,14 +290,6 @@ mod tests {
             {
                 let mut s = many.setter();
                 pages.iter().for_each(|&p| s.set(p));
-            }
-            prop_assert_eq!(&many, &one);
-            pages.iter().rev().step_by(2).for_each(|&p| {
-                one.clear(p);
-            });
-            {
-                let mut c = many.clearer();
-                pages.iter().rev().step_by(2).for_each(|&p| c.clear(p));
             }
             prop_assert_eq!(&many, &one);
             prop_assert_eq!(many.count(), many.iter_ones().count() as u64);
@@ -332,6 +303,13 @@ mod tests {
             let mut u = b.clone();
             u.or_with(&other);
             prop_assert_eq!(b.count() + b.count_new_within(&other, &spans), u.count());
+            let mut r = b.clone();
+            r.remove_within(&other, &spans);
+            let mut naive_r = b.clone();
+            for i in other.iter_ones() {
+                naive_r.clear(i);
+            }
+            prop_assert_eq!(&r, &naive_r);
             let mut v = b.clone();
             v.absorb_within(&mut other, &spans);
             prop_assert_eq!(&v, &u);

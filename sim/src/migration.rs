@@ -11,7 +11,7 @@
 //! writes are applied at every chunk boundary, so the bitmaps are exact at every sync and at the
 //! pause, and zero-page detection is exact to within one chunk.
 
-use crate::bitmap::{Bitmap, Clearer, Setter};
+use crate::bitmap::{Bitmap, Setter};
 use crate::engine::{EventQueue, Nanos};
 use crate::metrics::{Downtime, PostcopyStats, RoundRecord, RunReport, RunResult, Status};
 use crate::policy::{Decision, Observation, Policy, RoundSummary, StopReason, Trigger};
@@ -176,17 +176,6 @@ impl WriteSink for MarkDirty<'_> {
     #[inline]
     fn write(&mut self, page: u64) {
         self.0.set(page);
-    }
-}
-
-/// Marks the guest's writes in the dirty log and takes them out of the zero-page map.
-struct MarkDirtyNonzero<'a>(Setter<'a>, Clearer<'a>);
-
-impl WriteSink for MarkDirtyNonzero<'_> {
-    #[inline]
-    fn write(&mut self, page: u64) {
-        self.0.set(page);
-        self.1.clear(page);
     }
 }
 
@@ -400,13 +389,9 @@ impl<'a> Sim<'a> {
             });
             self.overlap += overlap;
             self.send_zero -= unzeroed;
-        } else if self.zero.count() == 0 {
-            self.stream.advance_sink(g, MarkDirty(self.dirty.setter()));
         } else {
-            self.stream.advance_sink(
-                g,
-                MarkDirtyNonzero(self.dirty.setter(), self.zero.clearer()),
-            );
+            // (The zero-page map is brought up to date at the next sync: see `zero_word`.)
+            self.stream.advance_sink(g, MarkDirty(self.dirty.setter()));
         }
         self.guest_writes += self.stream.total_writes() - before;
     }
@@ -518,6 +503,7 @@ impl<'a> Sim<'a> {
 
     /// Move the dirty log into the send set.
     fn merge_dirty(&mut self) {
+        self.zero.remove_within(&self.dirty, &self.dirty_spans);
         self.send.absorb_within(&mut self.dirty, &self.dirty_spans);
         self.overlap = 0;
     }
@@ -593,14 +579,14 @@ impl<'a> Sim<'a> {
                         (w, ones)
                     }
                 };
-                let mut zw = pick & self.zero.word(wi);
+                let mut zw = pick & self.zero_word(wi);
                 if zw != 0 {
                     if let Some(t) = deferred {
                         if zw & self.writable_bits(wi) != 0
                             && self.guest_time(t) > self.stream.now_ns()
                         {
                             self.apply_writes(t);
-                            zw = pick & self.zero.word(wi);
+                            zw = pick & self.zero_word(wi);
                         }
                     }
                 }
@@ -641,11 +627,14 @@ impl<'a> Sim<'a> {
                 if taken == max {
                     // resume at the bit after the highest one picked
                     let hi = 63 - pick.leading_zeros() as u64;
+                    // (`next` ≤ mem_pages: the page picked last exists)
                     let next = wi as u64 * 64 + hi + 1;
-                    if next >= self.mem_pages {
+                    self.cursor = if next == self.mem_pages {
                         self.first_sweep_done = true;
-                    }
-                    self.cursor = next % self.mem_pages.max(1);
+                        0
+                    } else {
+                        next
+                    };
                     break;
                 }
             }
@@ -655,10 +644,19 @@ impl<'a> Sim<'a> {
                 wi = 0;
                 self.first_sweep_done = true;
             }
-            self.cursor = (wi as u64 * 64) % self.mem_pages.max(1);
+            // (a word's first page is below mem_pages)
+            self.cursor = wi as u64 * 64;
         }
         self.resent += resent;
         (taken, zeros, bytes)
+    }
+
+    /// Word `wi` of the zero-page map as of the writes applied so far. The map itself is
+    /// brought up to date at each sync (a page written since is in the dirty log), except in
+    /// probed runs, whose writes clear it at once.
+    #[inline]
+    fn zero_word(&self, wi: usize) -> u64 {
+        self.zero.word(wi) & !self.dirty.word(wi)
     }
 
     /// The bits of word `wi` whose pages the workload may write.
