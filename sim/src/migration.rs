@@ -323,7 +323,8 @@ impl<'a> Sim<'a> {
             precopy_bps,
             one_way_ns: (sc.link.rtt_ms * 1e6 / 2.0).round() as Nanos,
             chunk_pages: chunk_pages.clamp(1, CHUNK_MAX_PAGES),
-            send: Bitmap::new(ck.mem_pages),
+            // Dirty logging starts with the run; round 0 sends every page.
+            send: Bitmap::full(ck.mem_pages),
             dirty: Bitmap::new(ck.mem_pages),
             zero,
             first_sweep_done: false,
@@ -752,7 +753,9 @@ impl<'a> Sim<'a> {
             if self.probe.is_some() || self.eager_writes {
                 self.apply_writes(t);
             }
-            self.probe(t);
+            if self.probe.is_some() {
+                self.probe(t);
+            }
             if self.send.count() == 0 {
                 self.apply_writes(t);
                 let obs = self.observe(Trigger::RoundEnd, t);
@@ -964,8 +967,7 @@ impl<'a> Sim<'a> {
         if let Some(h) = self.probe.as_ref().and_then(|p| p.horizon_ns) {
             max_time = max_time.min(h.max(setup + 1));
         }
-        // Dirty logging starts now; round 0 sends every page.
-        self.send = Bitmap::full(self.mem_pages);
+        // (`send` starts full: round 0 sends every page.)
         self.send_zero = self.zero.count();
         self.round_start = setup;
         self.q.schedule(max_time, Event::Timeout);
