@@ -504,7 +504,9 @@ impl<'a> Sim<'a> {
 
     /// Move the dirty log into the send set.
     fn merge_dirty(&mut self) {
-        self.zero.remove_within(&self.dirty, &self.dirty_spans);
+        if self.zero.count() > 0 {
+            self.zero.remove_within(&self.dirty, &self.dirty_spans);
+        }
         self.send.absorb_within(&mut self.dirty, &self.dirty_spans);
         self.overlap = 0;
     }
