@@ -666,6 +666,11 @@ impl<'a> Sim<'a> {
     fn writable_bits(&self, wi: usize) -> u64 {
         let lo = wi as u64 * 64;
         let hi = lo + 64;
+        // (most words a chunk takes lie wholly outside the written region)
+        match (self.writable.first(), self.writable.last()) {
+            (Some(&(start, _)), Some(&(_, end))) if lo < end && hi > start => {}
+            _ => return 0,
+        }
         let first = self.writable.partition_point(|&(_, e)| e <= lo);
         let mut m = 0u64;
         for &(s, e) in &self.writable[first..] {
