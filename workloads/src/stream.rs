@@ -2,10 +2,9 @@
 //!
 //! Each class writes at its own constant rate: write number `k` (1-based) of a class happens at
 //! guest time `k / rate`, so the number of writes by guest time `t` is `floor(t · rate)`. Which page
-//! each write touches is drawn from a per-class `Pcg64Mcg` generator ([`crate::pcg::Mcg128`], the same
-//! generator bit for bit) seeded from the run's seed and
-//! the class index, so the same spec and seed give the same page sequence on every platform and in
-//! both backends.
+//! each write touches is drawn from a per-class `Pcg64Mcg` generator (implemented here as
+//! [`crate::pcg::Mcg128`], bit for bit the same) seeded from the run's seed and the class index, so
+//! the same spec and seed give the same page sequence on every platform and in both backends.
 
 use crate::pcg::Mcg128;
 use crate::spec::{Class, Pattern, Workload};
@@ -36,7 +35,31 @@ pub fn hash_str(s: &str) -> u64 {
 pub fn writes_by(rate_pps: f64, t_ns: u64) -> u64 {
     // `x as u64` equals `x.floor() as u64` for every f64 (both give 0 below 1, saturate above
     // 2^64 and map NaN to 0); written this way it needs no call into libm.
-    (t_ns as f64 * rate_pps / 1e9) as u64
+    f64_to_u64(u64_to_f64(t_ns) * rate_pps / 1e9)
+}
+
+/// 2^63 as an f64 (exact).
+pub const TWO_POW_63: f64 = (1u64 << 63) as f64;
+
+/// `x as f64`, by the short signed conversion when `x` < 2^63 (the same value there: both
+/// round the same integer to nearest).
+#[inline]
+pub fn u64_to_f64(x: u64) -> f64 {
+    if x < 1 << 63 {
+        x as i64 as f64
+    } else {
+        x as f64
+    }
+}
+
+/// `x as u64`, by the short signed conversion when 0 ≤ `x` < 2^63 (the same value there).
+#[inline]
+pub fn f64_to_u64(x: f64) -> u64 {
+    if (0.0..TWO_POW_63).contains(&x) {
+        x as i64 as u64
+    } else {
+        x as u64
+    }
 }
 
 /// Receives a stream's writes one page at a time. The stream holds the sink by value (a local)
@@ -452,6 +475,52 @@ mod props {
     use crate::spec::*;
     use crate::units::ByteSize;
     use proptest::prelude::*;
+
+    #[test]
+    fn conversions_match_as_at_the_edges() {
+        let edges = [
+            0u64,
+            1,
+            (1 << 53) + 1,
+            (1 << 63) - 1,
+            1 << 63,
+            (1 << 63) + 1,
+            u64::MAX,
+        ];
+        for x in edges {
+            assert_eq!(u64_to_f64(x).to_bits(), (x as f64).to_bits(), "{x}");
+        }
+        let fs = [
+            0.0,
+            -0.0,
+            -0.5,
+            -1.0,
+            0.5,
+            1.5,
+            9.223_372_036_854_775e18,
+            TWO_POW_63,
+            1.8e19,
+            1.9e19,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+        ];
+        for x in fs {
+            assert_eq!(f64_to_u64(x), x as u64, "{x}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn conversions_match_as(x in any::<u64>(), bits in any::<u64>(), small in 0.0f64..1e19) {
+            prop_assert_eq!(u64_to_f64(x).to_bits(), (x as f64).to_bits());
+            let f = f64::from_bits(bits);
+            prop_assert_eq!(f64_to_u64(f), f as u64);
+            prop_assert_eq!(f64_to_u64(small), small as u64);
+        }
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
