@@ -26,6 +26,24 @@ impl Bitmap {
         b
     }
 
+    /// The bitmap of `len` bits held in `words` (one bit per page, little-endian words; bits at
+    /// `len` and above are dropped).
+    pub fn from_words(len: u64, words: Vec<u64>) -> Self {
+        assert_eq!(
+            words.len() as u64,
+            len.div_ceil(64),
+            "word count does not match length"
+        );
+        let mut b = Bitmap {
+            words,
+            len,
+            count: 0,
+        };
+        b.trim();
+        b.count = b.words.iter().map(|w| w.count_ones() as u64).sum();
+        b
+    }
+
     fn trim(&mut self) {
         let rem = self.len % 64;
         if rem != 0 {

@@ -90,11 +90,10 @@ pub fn run_seed(scenario_seed: u64, replicate: u32) -> u64 {
 /// (256 KiB with 4 KiB pages) are zero, as free memory comes in large runs; which ones is drawn
 /// from the seed by a pseudorandom permutation of the block numbers.
 pub fn initial_zero_pages(mem_pages: u64, fraction: f64, seed: u64) -> Bitmap {
-    let mut zero = Bitmap::new(mem_pages);
     let blocks = mem_pages.div_ceil(64);
     let k = (fraction * blocks as f64).round() as u64;
     if k == 0 {
-        return zero;
+        return Bitmap::new(mem_pages);
     }
     // An affine map x -> (a·x + c) mod 2^m with odd a is a bijection of [0, 2^m); walking the
     // cycle until the value falls below `blocks` restricts it to a bijection of [0, blocks).
@@ -110,17 +109,19 @@ pub fn initial_zero_pages(mem_pages: u64, fraction: f64, seed: u64) -> Bitmap {
             }
         }
     };
-    for wi in 0..blocks {
-        if perm(wi) < k {
-            let bits = if (wi + 1) * 64 > mem_pages {
+    // (Each word written once, in order: no read of fresh zeroed memory before the write.)
+    let words = (0..blocks)
+        .map(|wi| {
+            if perm(wi) >= k {
+                0
+            } else if (wi + 1) * 64 > mem_pages {
                 (1u64 << (mem_pages % 64)) - 1
             } else {
                 !0
-            };
-            zero.set_word(wi as usize, bits);
-        }
-    }
-    zero
+            }
+        })
+        .collect();
+    Bitmap::from_words(mem_pages, words)
 }
 
 /// `w` with only its lowest `k` set bits kept; `k` must be below the number of set bits.
