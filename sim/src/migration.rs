@@ -9,7 +9,8 @@
 //! log, so a page written after the sync is sent in this round if it is still in the send set
 //! *and* again in the next one. Pages go out in chunks of about a millisecond of link time;
 //! writes are applied at every chunk boundary, so the bitmaps are exact at every sync and at the
-//! pause, and zero-page detection is exact to within one chunk.
+//! pause, and zero-page detection is exact to within one chunk. (The engine applies them later
+//! wherever that cannot change a result: see `on_send`, `take_pages` and `zero_word`.)
 
 use crate::bitmap::{Bitmap, Setter};
 use crate::engine::{EventQueue, Nanos};
@@ -247,6 +248,8 @@ struct Sim<'a> {
     // memory state
     send: Bitmap,
     dirty: Bitmap,
+    /// The zero-page map as of the last sync (pages written since are in `dirty`: see
+    /// `zero_word`); in probed runs, exact at every write.
     zero: Bitmap,
     /// The sender's first sweep through memory is complete (see `take_pages`).
     first_sweep_done: bool,
