@@ -77,6 +77,25 @@ impl<E> EventQueue<E> {
         Some((e.time, e.event))
     }
 
+    /// Time of the earliest pending event.
+    #[inline]
+    pub fn peek_time(&self) -> Option<Nanos> {
+        self.heap.peek().map(|Reverse(e)| e.time)
+    }
+
+    /// Run an event at `time` without queueing it: allowed only when it would be the next one
+    /// popped, i.e. strictly before every pending event (a tie would go to the pending one,
+    /// scheduled earlier). Returns false, changing nothing, when that does not hold.
+    #[inline]
+    pub fn run_now(&mut self, time: Nanos) -> bool {
+        if time >= self.now && self.peek_time().is_none_or(|t| time < t) {
+            self.now = time;
+            true
+        } else {
+            false
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.heap.len()
     }

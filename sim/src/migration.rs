@@ -9,19 +9,37 @@
 //! log, so a page written after the sync is sent in this round if it is still in the send set
 //! *and* again in the next one. Pages go out in chunks of about a millisecond of link time;
 //! writes are applied at every chunk boundary, so the bitmaps are exact at every sync and at the
-//! pause, and zero-page detection is exact to within one chunk.
+//! pause, and zero-page detection is exact to within one chunk. (The engine applies them later
+//! wherever that cannot change a result: see `on_send`, `take_pages` and `zero_word`.)
 
-use crate::bitmap::Bitmap;
+use crate::bitmap::{Bitmap, Setter};
 use crate::engine::{EventQueue, Nanos};
 use crate::metrics::{Downtime, PostcopyStats, RoundRecord, RunReport, RunResult, Status};
 use crate::policy::{Decision, Observation, Policy, RoundSummary, StopReason, Trigger};
 use crate::scenario::Checked;
-use workloads::{mix64, WriteStream};
+use workloads::{mix64, WriteSink, WriteStream, TWO_POW_63};
 
 /// Time to push `bytes` through a link of `bps` bits/s, rounded up to whole nanoseconds.
 #[inline]
 pub fn transfer_ns(bytes: u64, bps: f64) -> Nanos {
-    (bytes as f64 * 8e9 / bps).ceil() as Nanos
+    ceil_u64(workloads::u64_to_f64(bytes) * 8e9 / bps)
+}
+
+/// `x.ceil() as u64` for every f64, without a call into libm. For 0 ≤ x < 2^63: truncation,
+/// plus one when that dropped a fraction (below 2^53 the truncated value converts back
+/// exactly; above, every f64 is an integer). Otherwise `x` is an integer, or negative, NaN or
+/// ≥ 2^64, where `as` gives what it gives for `x.ceil()` (0, 0, saturation).
+#[inline]
+fn ceil_u64(x: f64) -> u64 {
+    if (0.0..TWO_POW_63).contains(&x) {
+        let t = x as i64;
+        return if (t as f64) < x {
+            t as u64 + 1
+        } else {
+            t as u64
+        };
+    }
+    x as u64
 }
 
 /// Link time one chunk of pages aims to occupy.
@@ -73,11 +91,10 @@ pub fn run_seed(scenario_seed: u64, replicate: u32) -> u64 {
 /// (256 KiB with 4 KiB pages) are zero, as free memory comes in large runs; which ones is drawn
 /// from the seed by a pseudorandom permutation of the block numbers.
 pub fn initial_zero_pages(mem_pages: u64, fraction: f64, seed: u64) -> Bitmap {
-    let mut zero = Bitmap::new(mem_pages);
     let blocks = mem_pages.div_ceil(64);
     let k = (fraction * blocks as f64).round() as u64;
     if k == 0 {
-        return zero;
+        return Bitmap::new(mem_pages);
     }
     // An affine map x -> (a·x + c) mod 2^m with odd a is a bijection of [0, 2^m); walking the
     // cycle until the value falls below `blocks` restricts it to a bijection of [0, blocks).
@@ -93,17 +110,79 @@ pub fn initial_zero_pages(mem_pages: u64, fraction: f64, seed: u64) -> Bitmap {
             }
         }
     };
-    for wi in 0..blocks {
-        if perm(wi) < k {
-            let bits = if (wi + 1) * 64 > mem_pages {
+    // (Each word written once, in order: no read of fresh zeroed memory before the write.)
+    let words = (0..blocks)
+        .map(|wi| {
+            if perm(wi) >= k {
+                0
+            } else if (wi + 1) * 64 > mem_pages {
                 (1u64 << (mem_pages % 64)) - 1
             } else {
                 !0
-            };
-            zero.set_word(wi as usize, bits);
+            }
+        })
+        .collect();
+    Bitmap::from_words(mem_pages, words)
+}
+
+/// `w` with only its lowest `k` set bits kept; `k` must be below the number of set bits.
+/// (Finds the byte holding the k-th set bit from the bytes' running popcounts, then the bit.)
+#[inline]
+fn lowest_set_bits(w: u64, k: u64) -> u64 {
+    const L8: u64 = 0x0101_0101_0101_0101;
+    const H8: u64 = 0x8080_8080_8080_8080;
+    debug_assert!(k < w.count_ones() as u64);
+    let mut s = w - ((w >> 1) & 0x5555_5555_5555_5555);
+    s = (s & 0x3333_3333_3333_3333) + ((s >> 2) & 0x3333_3333_3333_3333);
+    s = (s + (s >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    // byte i of `prefix`: the set bits in bytes 0..=i (at most 64, so no carries)
+    let prefix = s.wrapping_mul(L8);
+    // bit 7 of byte i of `le`: prefix_i ≤ k (no borrows: 128 + k − prefix_i > 0); those
+    // bytes are a run from byte 0, all kept whole
+    let le = (((k * L8) | H8) - prefix) & H8;
+    let whole = ((le >> 7).wrapping_mul(L8) >> 56) as u32;
+    let shift = whole * 8;
+    let before = if whole == 0 {
+        0
+    } else {
+        (prefix >> (shift - 8)) & 0xff
+    };
+    // drop the lowest k − before set bits of the next byte: its lowest remaining one is the
+    // first bit not kept
+    let mut b = (w >> shift) & 0xff;
+    for _ in 0..k - before {
+        b &= b - 1;
+    }
+    let end = shift + b.trailing_zeros();
+    w & ((1u64 << end) - 1)
+}
+
+/// The bitmap words covering page ranges `[start, end)` (sorted, disjoint), clipped to
+/// `mem_pages`, as disjoint `[first, end)` word-index ranges.
+fn word_spans(ranges: &[(u64, u64)], mem_pages: u64) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for &(s, e) in ranges {
+        let e = e.min(mem_pages);
+        if s >= e {
+            continue;
+        }
+        let (a, b) = ((s / 64) as usize, e.div_ceil(64) as usize);
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
         }
     }
-    zero
+    out
+}
+
+/// Marks the guest's writes in the dirty log.
+struct MarkDirty<'a>(Setter<'a>);
+
+impl WriteSink for MarkDirty<'_> {
+    #[inline]
+    fn write(&mut self, page: u64) {
+        self.0.set(page);
+    }
 }
 
 /// QEMU's XBZRLE page cache: direct-mapped by page number.
@@ -169,13 +248,20 @@ struct Sim<'a> {
     // memory state
     send: Bitmap,
     dirty: Bitmap,
+    /// The zero-page map as of the last sync (pages written since are in `dirty`: see
+    /// `zero_word`); in probed runs, exact at every write.
     zero: Bitmap,
-    sent_once: Bitmap,
+    /// The sender's first sweep through memory is complete (see `take_pages`).
+    first_sweep_done: bool,
     /// |send ∩ dirty| and |send ∩ zero|, kept so the size of send ∪ dirty is known at any time.
     overlap: u64,
     send_zero: u64,
     cursor: u64,
     stream: WriteStream,
+    /// Pages the workload may write (sorted, disjoint `[start, end)` ranges).
+    writable: Vec<(u64, u64)>,
+    /// The same as bitmap word-index ranges: the only words the dirty log can have bits in.
+    dirty_spans: Vec<(usize, usize)>,
     guest_writes: u64,
     xbzrle: Option<Xbzrle>,
     // guest time = anchor_guest + (wall - anchor_wall) * (1e6 - throttle_ppm) / 1e6
@@ -206,6 +292,8 @@ struct Sim<'a> {
     last_bw: f64,
     rounds: Vec<RoundRecord>,
     probe: Option<OracleProbe>,
+    /// Apply the writes at every chunk (the straightforward schedule; tests compare with it).
+    eager_writes: bool,
 }
 
 impl<'a> Sim<'a> {
@@ -243,16 +331,19 @@ impl<'a> Sim<'a> {
             precopy_bps,
             one_way_ns: (sc.link.rtt_ms * 1e6 / 2.0).round() as Nanos,
             chunk_pages: chunk_pages.clamp(1, CHUNK_MAX_PAGES),
-            send: Bitmap::new(ck.mem_pages),
+            // Dirty logging starts with the run; round 0 sends every page.
+            send: Bitmap::full(ck.mem_pages),
             dirty: Bitmap::new(ck.mem_pages),
             zero,
-            sent_once: Bitmap::new(ck.mem_pages),
+            first_sweep_done: false,
             overlap: 0,
             send_zero: 0,
             cursor: 0,
             tick: None,
             tick_gen: 0,
             stream: WriteStream::new(&ck.workload, seed),
+            writable: ck.workload.written_ranges(),
+            dirty_spans: word_spans(&ck.workload.written_ranges(), ck.mem_pages),
             guest_writes: 0,
             xbzrle,
             throttle_ppm: 0,
@@ -277,45 +368,41 @@ impl<'a> Sim<'a> {
             last_bw: precopy_bps,
             rounds: Vec::new(),
             probe: None,
+            eager_writes: false,
         }
     }
 
     fn guest_time(&self, wall: Nanos) -> Nanos {
-        let dt = wall.saturating_sub(self.anchor_wall) as u128;
-        self.anchor_guest + (dt * (PPM - self.throttle_ppm) as u128 / PPM as u128) as Nanos
+        let dt = wall.saturating_sub(self.anchor_wall);
+        if self.throttle_ppm == 0 {
+            return self.anchor_guest + dt;
+        }
+        self.anchor_guest + (dt as u128 * (PPM - self.throttle_ppm) as u128 / PPM as u128) as Nanos
     }
 
     /// Apply every guest write up to wall time `t`.
     fn apply_writes(&mut self, t: Nanos) {
         let g = self.guest_time(t);
-        let (dirty, zero, send) = (&mut self.dirty, &mut self.zero, &self.send);
-        let (mut n, mut overlap, mut unzeroed) = (0u64, 0u64, 0u64);
+        let before = self.stream.total_writes();
         if self.probe.is_some() {
             // The oracle needs |send ∪ dirty| and |send ∩ zero| at every chunk: keep them exact.
             // Both mutating calls must run for every write (no short-circuit `&&`).
+            let (dirty, zero, send) = (&mut self.dirty, &mut self.zero, &self.send);
+            let (mut overlap, mut unzeroed) = (0u64, 0u64);
             self.stream.advance_to(g, |p| {
                 let newly_dirty = dirty.set(p);
                 let newly_nonzero = zero.clear(p);
                 let in_send = send.get(p) as u64;
                 overlap += newly_dirty as u64 & in_send;
                 unzeroed += newly_nonzero as u64 & in_send;
-                n += 1;
             });
-        } else if zero.count() == 0 {
-            self.stream.advance_to(g, |p| {
-                dirty.set(p);
-                n += 1;
-            });
+            self.overlap += overlap;
+            self.send_zero -= unzeroed;
         } else {
-            self.stream.advance_to(g, |p| {
-                dirty.set(p);
-                zero.clear(p);
-                n += 1;
-            });
+            // (The zero-page map is brought up to date at the next sync: see `zero_word`.)
+            self.stream.advance_sink(g, MarkDirty(self.dirty.setter()));
         }
-        self.overlap += overlap;
-        self.send_zero -= unzeroed;
-        self.guest_writes += n;
+        self.guest_writes += self.stream.total_writes() - before;
     }
 
     fn set_throttle_ppm(&mut self, t: Nanos, ppm: u64) {
@@ -413,24 +500,22 @@ impl<'a> Sim<'a> {
     }
 
     /// |send ∪ dirty|: what a stop now would have to send. Kept incrementally when the oracle
-    /// watches; otherwise counted from the bitmaps.
+    /// watches; otherwise counted from the bitmaps (where the workload writes: the dirty log
+    /// has no bits elsewhere).
     fn pending_pages(&self) -> u64 {
         if self.probe.is_some() {
             self.send.count() + self.dirty.count() - self.overlap
         } else {
-            self.send
-                .words()
-                .iter()
-                .zip(self.dirty.words())
-                .map(|(a, b)| (a | b).count_ones() as u64)
-                .sum()
+            self.send.count() + self.send.count_new_within(&self.dirty, &self.dirty_spans)
         }
     }
 
     /// Move the dirty log into the send set.
     fn merge_dirty(&mut self) {
-        self.send.or_with(&self.dirty);
-        self.dirty.clear_all();
+        if self.zero.count() > 0 {
+            self.zero.remove_within(&self.dirty, &self.dirty_spans);
+        }
+        self.send.absorb_within(&mut self.dirty, &self.dirty_spans);
         self.overlap = 0;
     }
 
@@ -460,9 +545,27 @@ impl<'a> Sim<'a> {
 
     /// Take up to `max` pages from the send set, scanning from the cursor (wrapping), and
     /// account them. Returns (pages, zero pages, wire bytes).
-    fn take_pages(&mut self, max: u64, last_stage: bool) -> (u64, u64, u64) {
+    ///
+    /// `deferred`: the wall time of this chunk when the guest's writes up to it may not have
+    /// been applied yet. Which pages a chunk takes does not depend on them; whether a page is a
+    /// zero page does, but only for pages still marked zero that the workload can write: only
+    /// when such a page is taken are the writes brought up to date first.
+    ///
+    /// Re-sent pages need no record of what went out before: the send set starts full and the
+    /// sender's first sweep takes pages in address order from 0, so until that sweep reaches the
+    /// end of memory no page it takes has gone out before, and after it every page has (pages
+    /// that post-copy faults take out of the send set are never taken again).
+    // (Inlined: returned through memory, its three counts were read back with a stall.)
+    #[inline(always)]
+    fn take_pages(
+        &mut self,
+        max: u64,
+        last_stage: bool,
+        deferred: Option<Nanos>,
+    ) -> (u64, u64, u64) {
         let words = self.mem_pages.div_ceil(64) as usize;
         let per_page = self.xbzrle.as_ref().is_some_and(|x| x.active);
+        let probe = self.probe.is_some();
         let (mut taken, mut zeros, mut resent, mut bytes) = (0u64, 0u64, 0u64, 0u64);
         let mut wi = (self.cursor / 64) as usize;
         let mut first_mask = !0u64 << (self.cursor % 64);
@@ -472,25 +575,48 @@ impl<'a> Sim<'a> {
             first_mask = !0;
             if w != 0 {
                 let need = max - taken;
-                let mut pick = w;
-                if (w.count_ones() as u64) > need {
-                    // keep only the lowest `need` set bits
-                    let mut m = 0u64;
-                    let mut rest = w;
-                    for _ in 0..need {
-                        let low = rest & rest.wrapping_neg();
-                        m |= low;
-                        rest &= rest - 1;
+                let low = w.trailing_zeros();
+                let (pick, n) = if w == !0u64 << low {
+                    // one run of set bits up to bit 63 (a full send set, as in round 0)
+                    let ones = 64 - low as u64;
+                    if ones > need {
+                        (((1u64 << need) - 1) << low, need)
+                    } else {
+                        (w, ones)
                     }
-                    pick = m;
+                } else {
+                    let ones = w.count_ones() as u64;
+                    if ones > need {
+                        (lowest_set_bits(w, need), need)
+                    } else {
+                        (w, ones)
+                    }
+                };
+                let mut zw = pick & self.zero_word(wi);
+                if zw != 0 {
+                    if let Some(t) = deferred {
+                        if zw & self.writable_bits(wi) != 0
+                            && self.guest_time(t) > self.stream.now_ns()
+                        {
+                            self.apply_writes(t);
+                            zw = pick & self.zero_word(wi);
+                        }
+                    }
                 }
-                let n = pick.count_ones() as u64;
-                let zw = pick & self.zero.word(wi);
-                let z = zw.count_ones() as u64;
+                // (zero pages come in whole 64-page blocks: mostly all or nothing)
+                let z = if zw == 0 {
+                    0
+                } else if zw == pick {
+                    n
+                } else {
+                    zw.count_ones() as u64
+                };
                 taken += n;
                 zeros += z;
-                resent += (pick & self.sent_once.word(wi)).count_ones() as u64;
-                if self.probe.is_some() {
+                if self.first_sweep_done {
+                    resent += n;
+                }
+                if probe {
                     self.overlap -= (pick & self.dirty.word(wi)).count_ones() as u64;
                     self.send_zero -= z;
                 }
@@ -510,14 +636,18 @@ impl<'a> Sim<'a> {
                     bytes += (n - z) * self.page_wire;
                 }
                 bytes += z * self.zero_wire;
-                let so = self.sent_once.word(wi);
-                self.sent_once.set_word(wi, so | pick);
-                let sw = self.send.word(wi);
-                self.send.set_word(wi, sw & !pick);
+                self.send.clear_set_bits(wi, pick, n);
                 if taken == max {
                     // resume at the bit after the highest one picked
                     let hi = 63 - pick.leading_zeros() as u64;
-                    self.cursor = (wi as u64 * 64 + hi + 1) % self.mem_pages.max(1);
+                    // (`next` ≤ mem_pages: the page picked last exists)
+                    let next = wi as u64 * 64 + hi + 1;
+                    self.cursor = if next == self.mem_pages {
+                        self.first_sweep_done = true;
+                        0
+                    } else {
+                        next
+                    };
                     break;
                 }
             }
@@ -525,11 +655,43 @@ impl<'a> Sim<'a> {
             scanned += 1;
             if wi == words {
                 wi = 0;
+                self.first_sweep_done = true;
             }
-            self.cursor = (wi as u64 * 64) % self.mem_pages.max(1);
+            // (a word's first page is below mem_pages)
+            self.cursor = wi as u64 * 64;
         }
         self.resent += resent;
         (taken, zeros, bytes)
+    }
+
+    /// Word `wi` of the zero-page map as of the writes applied so far. The map itself is
+    /// brought up to date at each sync (a page written since is in the dirty log), except in
+    /// probed runs, whose writes clear it at once.
+    #[inline]
+    fn zero_word(&self, wi: usize) -> u64 {
+        self.zero.word(wi) & !self.dirty.word(wi)
+    }
+
+    /// The bits of word `wi` whose pages the workload may write.
+    fn writable_bits(&self, wi: usize) -> u64 {
+        let lo = wi as u64 * 64;
+        let hi = lo + 64;
+        // (most words a chunk takes lie wholly outside the written region)
+        match (self.writable.first(), self.writable.last()) {
+            (Some(&(start, _)), Some(&(_, end))) if lo < end && hi > start => {}
+            _ => return 0,
+        }
+        let first = self.writable.partition_point(|&(_, e)| e <= lo);
+        let mut m = 0u64;
+        for &(s, e) in &self.writable[first..] {
+            if s >= hi {
+                break;
+            }
+            let (a, b) = (s.max(lo) - lo, e.min(hi) - lo);
+            let below_b = if b == 64 { !0 } else { (1u64 << b) - 1 };
+            m |= below_b & (!0u64 << a);
+        }
+        m
     }
 
     fn account(&mut self, pages: u64, zeros: u64, bytes: u64) {
@@ -593,31 +755,48 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Put the next chunk on the link at `t`, or end the round if the send set is empty.
-    fn on_send(&mut self, t: Nanos) -> Outcome {
-        if t < self.sender_ready_at {
-            self.q.schedule(self.sender_ready_at, Event::Send);
-            return Outcome::Running;
+    /// Put the next chunk on the link at `t`, or end the round if the send set is empty. While
+    /// the chunk after it would be the next event anyway, carry on with it here (exactly as if
+    /// it had been queued and popped).
+    fn on_send(&mut self, mut t: Nanos) -> Outcome {
+        loop {
+            if t < self.sender_ready_at {
+                self.q.schedule(self.sender_ready_at, Event::Send);
+                return Outcome::Running;
+            }
+            // The oracle watches every chunk. Otherwise writes need to be in only where the
+            // dirty log is looked at (every such place applies them first) and where a chunk
+            // takes a page they may have made non-zero (take_pages sees to that).
+            if self.probe.is_some() || self.eager_writes {
+                self.apply_writes(t);
+            }
+            if self.probe.is_some() {
+                self.probe(t);
+            }
+            if self.send.count() == 0 {
+                self.apply_writes(t);
+                let obs = self.observe(Trigger::RoundEnd, t);
+                let d = self.policy.decide(&obs);
+                return self.apply(d, t, true);
+            }
+            let deferred = if self.probe.is_some() { None } else { Some(t) };
+            let (pages, zeros, bytes) = self.take_pages(self.chunk_pages, false, deferred);
+            self.account(pages, zeros, bytes);
+            // The paced segment ends at `link_busy_until` (= seg_start + its bytes' link time).
+            if t > self.link_busy_until {
+                // the link went idle (sync, policy pause): start a new paced segment
+                self.seg_start = t;
+                self.seg_bytes = 0;
+            }
+            self.seg_bytes += bytes;
+            let done = self.seg_start + transfer_ns(self.seg_bytes, self.precopy_bps);
+            self.link_busy_until = done;
+            if !self.q.run_now(done) {
+                self.q.schedule(done, Event::Send);
+                return Outcome::Running;
+            }
+            t = done;
         }
-        self.apply_writes(t);
-        self.probe(t);
-        if self.send.count() == 0 {
-            let obs = self.observe(Trigger::RoundEnd, t);
-            let d = self.policy.decide(&obs);
-            return self.apply(d, t, true);
-        }
-        let (pages, zeros, bytes) = self.take_pages(self.chunk_pages, false);
-        self.account(pages, zeros, bytes);
-        if t > self.seg_start + transfer_ns(self.seg_bytes, self.precopy_bps) {
-            // the link went idle (sync, policy pause): start a new paced segment
-            self.seg_start = t;
-            self.seg_bytes = 0;
-        }
-        self.seg_bytes += bytes;
-        let done = self.seg_start + transfer_ns(self.seg_bytes, self.precopy_bps);
-        self.link_busy_until = done;
-        self.q.schedule(done, Event::Send);
-        Outcome::Running
     }
 
     fn on_tick(&mut self, t: Nanos, gen: u32) -> Outcome {
@@ -710,7 +889,7 @@ impl<'a> Sim<'a> {
         let (_, state_ns, resume_ns) = self.fixed_costs();
         let start = t + pause_ns + sync_ns;
         let wait = self.link_busy_until.saturating_sub(start);
-        let (pages, zeros, bytes) = self.take_pages(u64::MAX, true);
+        let (pages, zeros, bytes) = self.take_pages(u64::MAX, true, None);
         self.total_pages += pages;
         self.total_bytes += bytes;
         self.zero_sent += zeros;
@@ -780,7 +959,7 @@ impl<'a> Sim<'a> {
             let push_ns = step.saturating_sub(faulted * page_ns);
             let budget = push_ns / page_ns;
             let before = self.send.count();
-            let (pages, zeros, bytes) = self.take_pages(budget.max(1), true);
+            let (pages, zeros, bytes) = self.take_pages(budget.max(1), true, None);
             self.total_pages += pages;
             self.total_bytes += bytes;
             self.zero_sent += zeros;
@@ -805,8 +984,7 @@ impl<'a> Sim<'a> {
         if let Some(h) = self.probe.as_ref().and_then(|p| p.horizon_ns) {
             max_time = max_time.min(h.max(setup + 1));
         }
-        // Dirty logging starts now; round 0 sends every page.
-        self.send = Bitmap::full(self.mem_pages);
+        // (`send` starts full: round 0 sends every page.)
         self.send_zero = self.zero.count();
         self.round_start = setup;
         self.q.schedule(max_time, Event::Timeout);
@@ -919,6 +1097,16 @@ impl<'a> Sim<'a> {
 pub fn simulate_live(ck: &Checked, replicate: u32) -> RunResult {
     let policy = ck.scenario.policy.build(ck.scenario.vm.vcpus);
     Sim::new(ck, replicate, policy).run(replicate)
+}
+
+/// [`simulate_live`] applying the guest's writes at every chunk, as the model describes it;
+/// the engine defers them where that cannot change a result, and tests check it does not.
+#[cfg(test)]
+pub(crate) fn simulate_live_eager(ck: &Checked, replicate: u32) -> RunResult {
+    let policy = ck.scenario.policy.build(ck.scenario.vm.vcpus);
+    let mut sim = Sim::new(ck, replicate, policy);
+    sim.eager_writes = true;
+    sim.run(replicate)
 }
 
 /// A stop point the oracle considered: pausing at `stop_at_ns` gives `downtime_ns`.
@@ -1045,4 +1233,72 @@ pub fn oracle(ck: &Checked, replicate: u32, horizon_ns: Nanos, caps: OracleCaps)
     )
     .1;
     Oracle::min(a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ceil_u64, lowest_set_bits, word_spans};
+    use proptest::prelude::*;
+    use workloads::TWO_POW_63;
+
+    #[test]
+    fn ceil_u64_matches_ceil_as_at_the_edges() {
+        for x in [
+            0.0,
+            -0.0,
+            -0.5,
+            -1.5,
+            0.5,
+            1.0,
+            1.000_000_1,
+            4.5e15,
+            9.007_199_254_740_993e15,
+            9.223_372_036_854_775e18,
+            TWO_POW_63,
+            1.8e19,
+            1.9e19,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            f64::MIN_POSITIVE,
+        ] {
+            assert_eq!(ceil_u64(x), x.ceil() as u64, "{x}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn ceil_u64_matches_ceil_as(bits in any::<u64>(), x in 0.0f64..2e19) {
+            let f = f64::from_bits(bits);
+            prop_assert_eq!(ceil_u64(f), f.ceil() as u64);
+            prop_assert_eq!(ceil_u64(x), x.ceil() as u64);
+        }
+    }
+
+    #[test]
+    fn word_spans_cover_the_ranges_once() {
+        let r = [(0, 3), (60, 70), (100, 128), (130, 131), (1000, u64::MAX)];
+        assert_eq!(word_spans(&r, 500), vec![(0, 3)]);
+        assert_eq!(word_spans(&r, 2000), vec![(0, 3), (15, 32)]);
+        assert_eq!(word_spans(&[(64, 128)], 200), vec![(1, 2)]);
+    }
+
+    proptest! {
+        #[test]
+        fn lowest_set_bits_keeps_exactly_the_lowest_k(w in any::<u64>(), k in 0u64..64, sparse in any::<u64>()) {
+            for w in [w, w & sparse, !0, w | 1 << 63] {
+                let ones = w.count_ones() as u64;
+                if k >= ones {
+                    continue;
+                }
+                let mut naive = 0u64;
+                let mut rest = w;
+                for _ in 0..k {
+                    naive |= rest & rest.wrapping_neg();
+                    rest &= rest - 1;
+                }
+                prop_assert_eq!(lowest_set_bits(w, k), naive, "w {:#x} k {}", w, k);
+            }
+        }
+    }
 }

@@ -569,3 +569,65 @@ fn zero_page_map_has_exactly_the_requested_share_of_blocks() {
         }
     }
 }
+
+#[test]
+fn deferred_writes_give_the_same_runs_as_writes_applied_at_every_chunk() {
+    // Zero pages inside the written region, mid-round syncs (qemu, adaptive), XBZRLE, phases
+    // and throttling: every place where the writes' timing could show.
+    let hot_cold = WorkloadSpec::HotCold(workloads::spec::HotColdSpec {
+        hot_wss: ByteSize(2 * MIB),
+        hot_rate_pps: 40_000.0,
+        cold_wss: None,
+        cold_rate_pps: 3_000.0,
+        offset: ByteSize(MIB),
+    });
+    let phased: WorkloadSpec = toml::from_str(
+        r#"
+        kind = "phased"
+        repeat = true
+        phases = [
+          { duration_ms = 70, workload = { kind = "uniform", wss = "6 MiB", rate_pps = 30000 } },
+          { duration_ms = 30, workload = { kind = "scan", wss = "20 MiB", offset = "4 MiB", rate_pps = 60000 } },
+        ]
+        "#,
+    )
+    .unwrap();
+    let uniform = WorkloadSpec::Uniform(UniformSpec {
+        wss: ByteSize(10 * MIB),
+        rate_pps: 25_000.0,
+        offset: ByteSize(3 * MIB),
+    });
+    let policies = [
+        PolicySpec::Qemu(QemuSpec::default()),
+        PolicySpec::Qemu(QemuSpec {
+            auto_converge: true,
+            ..QemuSpec::default()
+        }),
+        PolicySpec::Adaptive(AdaptiveSpec::default()),
+        PolicySpec::XenLegacy(XenLegacySpec::default()),
+        PolicySpec::Postcopy(PostCopySpec::default()),
+    ];
+    for (i, w) in [hot_cold, phased, uniform].into_iter().enumerate() {
+        for (j, p) in policies.iter().enumerate() {
+            for xbzrle in [false, true] {
+                let mut s = base(32, w.clone(), p.clone());
+                s.vm.zero_page_fraction = 0.4;
+                s.link.bandwidth = Bandwidth(1e8);
+                s.seed = 7 + i as u64;
+                s.limits.max_time_s = 60.0;
+                if xbzrle {
+                    s.transfer.xbzrle = Some(XbzrleSpec {
+                        cache: ByteSize(4 * MIB),
+                        delta_fraction: 0.1,
+                        overflow_fraction: 0.1,
+                    });
+                }
+                let ck = s.check().unwrap();
+                let eager = crate::migration::simulate_live_eager(&ck, 0);
+                let r = simulate(&ck, 0);
+                assert_eq!(r, eager, "workload {i}, policy {j}, xbzrle {xbzrle}");
+                assert!(r.report.zero_pages_sent > 0);
+            }
+        }
+    }
+}

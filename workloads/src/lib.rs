@@ -9,11 +9,14 @@
 //!   WorkloadSpec --check(mem, page)--> Workload --WriteStream::new(seed)--> advance_to(t, |page| ..)
 //! ```
 
+pub mod pcg;
 pub mod spec;
 pub mod stream;
 pub mod trace;
 pub mod units;
 
 pub use spec::{FieldError, Workload, WorkloadSpec};
-pub use stream::{hash_str, mix64, writes_by, WriteStream};
+pub use stream::{
+    f64_to_u64, hash_str, mix64, u64_to_f64, writes_by, FnSink, WriteSink, WriteStream, TWO_POW_63,
+};
 pub use units::{Bandwidth, ByteSize, GIB, KIB, MIB};

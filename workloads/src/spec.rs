@@ -170,6 +170,30 @@ impl Workload {
             Workload::Trace(t) => t.rate_pps(),
         }
     }
+
+    /// The pages the workload may ever write, as sorted, disjoint `[start, end)` ranges (a
+    /// recorded trace: any page).
+    pub fn written_ranges(&self) -> Vec<(u64, u64)> {
+        let classes: Vec<&Class> = match self {
+            Workload::Classes(c) => c.iter().collect(),
+            Workload::Phased { phases, .. } => phases.iter().flat_map(|p| &p.1).collect(),
+            Workload::Trace(_) => return vec![(0, u64::MAX)],
+        };
+        let mut r: Vec<(u64, u64)> = classes
+            .into_iter()
+            .filter(|c| c.rate_pps > 0.0 && c.pages > 0)
+            .map(|c| (c.first_page, c.first_page + c.pages))
+            .collect();
+        r.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+        for (s, e) in r {
+            match out.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => out.push((s, e)),
+            }
+        }
+        out
+    }
 }
 
 fn check_rate(rate: f64, path: &str, errs: &mut Vec<FieldError>) {
@@ -381,5 +405,33 @@ impl WorkloadSpec {
             WorkloadSpec::Scan(_) => "scan",
             WorkloadSpec::Phased(_) => "phased",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_ranges_merge_the_classes_that_write() {
+        let class = |first_page, pages, rate_pps| Class {
+            first_page,
+            pages,
+            rate_pps,
+            pattern: Pattern::Uniform,
+        };
+        let w = Workload::Phased {
+            phases: vec![
+                (1, vec![class(10, 5, 1.0), class(100, 10, 0.0)]),
+                (
+                    1,
+                    vec![class(12, 8, 3.0), class(40, 2, 1.0), class(0, 3, 2.0)],
+                ),
+            ],
+            repeat: false,
+        };
+        assert_eq!(w.written_ranges(), vec![(0, 3), (10, 20), (40, 42)]);
+        let t = Workload::Trace(crate::trace::Trace::new(vec![(1, 5)]));
+        assert_eq!(t.written_ranges(), vec![(0, u64::MAX)]);
     }
 }

@@ -2,14 +2,14 @@
 //!
 //! Each class writes at its own constant rate: write number `k` (1-based) of a class happens at
 //! guest time `k / rate`, so the number of writes by guest time `t` is `floor(t · rate)`. Which page
-//! each write touches is drawn from a per-class `Pcg64Mcg` generator seeded from the run's seed and
-//! the class index, so the same spec and seed give the same page sequence on every platform and in
-//! both backends.
+//! each write touches is drawn from a per-class `Pcg64Mcg` generator (implemented here as
+//! [`crate::pcg::Mcg128`], bit for bit the same) seeded from the run's seed and the class index, so
+//! the same spec and seed give the same page sequence on every platform and in both backends.
 
+use crate::pcg::Mcg128;
 use crate::spec::{Class, Pattern, Workload};
-use rand::{RngCore, SeedableRng};
+use rand::SeedableRng;
 use rand_distr::{Distribution, Zipf};
-use rand_pcg::Pcg64Mcg;
 
 /// Stable 64-bit mix of two values (SplitMix64 finaliser). Used to derive independent seeds.
 pub fn mix64(a: u64, b: u64) -> u64 {
@@ -33,7 +33,49 @@ pub fn hash_str(s: &str) -> u64 {
 /// Number of writes a class at `rate_pps` has made by guest time `t_ns` (inclusive).
 #[inline]
 pub fn writes_by(rate_pps: f64, t_ns: u64) -> u64 {
-    (t_ns as f64 * rate_pps / 1e9).floor() as u64
+    // `x as u64` equals `x.floor() as u64` for every f64 (both give 0 below 1, saturate above
+    // 2^64 and map NaN to 0); written this way it needs no call into libm.
+    f64_to_u64(u64_to_f64(t_ns) * rate_pps / 1e9)
+}
+
+/// 2^63 as an f64 (exact).
+pub const TWO_POW_63: f64 = (1u64 << 63) as f64;
+
+/// `x as f64`, by the short signed conversion when `x` < 2^63 (the same value there: both
+/// round the same integer to nearest).
+#[inline]
+pub fn u64_to_f64(x: u64) -> f64 {
+    if x < 1 << 63 {
+        x as i64 as f64
+    } else {
+        x as f64
+    }
+}
+
+/// `x as u64`, by the short signed conversion when 0 ≤ `x` < 2^63 (the same value there).
+#[inline]
+pub fn f64_to_u64(x: f64) -> u64 {
+    if (0.0..TWO_POW_63).contains(&x) {
+        x as i64 as u64
+    } else {
+        x as u64
+    }
+}
+
+/// Receives a stream's writes one page at a time. The stream holds the sink by value (a local)
+/// while it generates, so a sink that counts can keep its counters in registers.
+pub trait WriteSink {
+    fn write(&mut self, page: u64);
+}
+
+/// A closure as a [`WriteSink`].
+pub struct FnSink<F: FnMut(u64)>(pub F);
+
+impl<F: FnMut(u64)> WriteSink for FnSink<F> {
+    #[inline]
+    fn write(&mut self, page: u64) {
+        (self.0)(page)
+    }
 }
 
 struct ClassStream {
@@ -41,7 +83,7 @@ struct ClassStream {
     pages: u64,
     rate_pps: f64,
     pattern: Pattern,
-    rng: Pcg64Mcg,
+    rng: Mcg128,
     zipf: Option<Zipf<f64>>,
     emitted: u64,
 }
@@ -58,42 +100,58 @@ impl ClassStream {
             pages: class.pages,
             rate_pps: class.rate_pps,
             pattern: class.pattern,
-            rng: Pcg64Mcg::seed_from_u64(seed),
+            rng: Mcg128::seed_from_u64(seed),
             zipf,
             emitted: 0,
         }
     }
 
+    /// Emit this class's writes up to class-local time `local_ns` to `sink`, in order.
+    /// Returns the sink and how many writes were emitted.
     #[inline]
-    fn advance<F: FnMut(u64)>(&mut self, local_ns: u64, sink: &mut F) -> u64 {
+    fn advance<S: WriteSink>(&mut self, local_ns: u64, sink: S) -> (S, u64) {
+        let mut sink = sink;
         let target = writes_by(self.rate_pps, local_ns);
         let n = target.saturating_sub(self.emitted);
         match self.pattern {
             Pattern::Uniform => {
                 // Multiply-shift range reduction (Lemire) without the rejection step: its bias is
                 // below pages / 2^64 per value, far under any sampling error, and it is portable.
+                // (The generator is copied into a local so its state stays in registers.)
                 let range = self.pages as u128;
-                for _ in 0..n {
-                    let r = self.rng.next_u64() as u128;
-                    sink(self.first_page + ((r * range) >> 64) as u64);
+                let first = self.first_page;
+                let mut rng = self.rng.clone();
+                if self.pages.is_power_of_two() {
+                    // (r · 2^k) >> 64 is r >> (64 − k): the same value without a multiplication
+                    let k = self.pages.trailing_zeros();
+                    if k == 0 {
+                        rng.for_each_u64(n, |_| sink.write(first));
+                    } else {
+                        rng.for_each_u64(n, |r| sink.write(first + (r >> (64 - k))));
+                    }
+                } else {
+                    rng.for_each_u64(n, |r| {
+                        sink.write(first + ((r as u128 * range) >> 64) as u64);
+                    });
                 }
+                self.rng = rng;
             }
             Pattern::Sequential => {
                 for i in 0..n {
-                    sink(self.first_page + (self.emitted + i) % self.pages);
+                    sink.write(self.first_page + (self.emitted + i) % self.pages);
                 }
             }
             Pattern::Zipf { .. } => {
                 if let Some(z) = &self.zipf {
                     for _ in 0..n {
                         let rank = z.sample(&mut self.rng) as u64;
-                        sink(self.first_page + (rank.max(1) - 1).min(self.pages - 1));
+                        sink.write(self.first_page + (rank.max(1) - 1).min(self.pages - 1));
                     }
                 }
             }
         }
         self.emitted = self.emitted.max(target);
-        n
+        (sink, n)
     }
 }
 
@@ -165,15 +223,23 @@ impl WriteStream {
 
     /// Emit every write with guest time in `(now, t_ns]`, in no particular order across classes
     /// (order within a class is preserved). Calls with `t_ns` ≤ now emit nothing.
-    pub fn advance_to<F: FnMut(u64)>(&mut self, t_ns: u64, mut sink: F) {
+    pub fn advance_to<F: FnMut(u64)>(&mut self, t_ns: u64, sink: F) {
+        self.advance_sink(t_ns, FnSink(sink));
+    }
+
+    /// [`advance_to`](Self::advance_to) with a [`WriteSink`], which it hands back.
+    pub fn advance_sink<S: WriteSink>(&mut self, t_ns: u64, sink: S) -> S {
+        let mut sink = sink;
         if t_ns <= self.now_ns {
-            return;
+            return sink;
         }
         let seed = self.seed;
         match &mut self.inner {
             Inner::Classes(cs) => {
                 for c in cs.iter_mut() {
-                    self.total += c.advance(t_ns, &mut sink);
+                    let n;
+                    (sink, n) = c.advance(t_ns, sink);
+                    self.total += n;
                 }
             }
             Inner::Trace { writes, pos } => {
@@ -181,7 +247,7 @@ impl WriteStream {
                     if t > t_ns {
                         break;
                     }
-                    sink(p);
+                    sink.write(p);
                     *pos += 1;
                     self.total += 1;
                 }
@@ -200,12 +266,16 @@ impl WriteStream {
                 let end = start_ns.saturating_add(dur);
                 if last || t_ns < end {
                     for c in current.iter_mut() {
-                        self.total += c.advance(t_ns - *start_ns, &mut sink);
+                        let n;
+                        (sink, n) = c.advance(t_ns - *start_ns, sink);
+                        self.total += n;
                     }
                     break;
                 }
                 for c in current.iter_mut() {
-                    self.total += c.advance(dur, &mut sink);
+                    let n;
+                    (sink, n) = c.advance(dur, sink);
+                    self.total += n;
                 }
                 *instance += 1;
                 *start_ns = end;
@@ -214,6 +284,7 @@ impl WriteStream {
             },
         }
         self.now_ns = t_ns;
+        sink
     }
 }
 
@@ -249,6 +320,76 @@ mod tests {
         let mut c = Vec::new();
         WriteStream::new(&w, 8).advance_to(1_000_000_000, |p| c.push(p));
         assert_ne!(a, c);
+    }
+
+    /// The page sequence is a contract (the KVM guest replays it): these values come from the
+    /// original per-write implementation and must never change.
+    #[test]
+    fn page_sequence_matches_recorded_values() {
+        let spec = WorkloadSpec::Phased(PhasedSpec {
+            phases: vec![
+                PhaseSpec {
+                    duration_ms: 3.0,
+                    workload: WorkloadSpec::HotCold(HotColdSpec {
+                        hot_wss: ByteSize(64 << 20),
+                        hot_rate_pps: 50_000.0,
+                        cold_wss: None,
+                        cold_rate_pps: 7_000.0,
+                        offset: ByteSize(4096),
+                    }),
+                },
+                PhaseSpec {
+                    duration_ms: 2.0,
+                    workload: WorkloadSpec::Zipf(ZipfSpec {
+                        wss: ByteSize(1 << 30),
+                        rate_pps: 20_000.0,
+                        exponent: 0.99,
+                        offset: ByteSize(0),
+                    }),
+                },
+                PhaseSpec {
+                    duration_ms: 1.0,
+                    workload: WorkloadSpec::Scan(ScanSpec {
+                        wss: None,
+                        rate_pps: 30_000.0,
+                        offset: ByteSize(0),
+                    }),
+                },
+            ],
+            repeat: true,
+        });
+        let w = spec.check(1 << 20, 4096, "w").unwrap();
+        let mut s = WriteStream::new(&w, 42);
+        let (mut h, mut n, mut first) = (0u64, 0u64, Vec::new());
+        for step in 1..=40u64 {
+            s.advance_to(step * 333_333, |p| {
+                h = mix64(h, p);
+                n += 1;
+                if first.len() < 12 {
+                    first.push(p);
+                }
+            });
+        }
+        assert_eq!(n, 557);
+        assert_eq!(h, 0xad7a_d0ae_e44d_69be);
+        assert_eq!(
+            first,
+            [15514, 11861, 13902, 1202, 11803, 6921, 14087, 11243, 1972, 704, 1911, 4623]
+        );
+        // A sink struct gets the same writes in the same order.
+        struct Hash(u64);
+        impl WriteSink for Hash {
+            fn write(&mut self, p: u64) {
+                self.0 = mix64(self.0, p);
+            }
+        }
+        let mut b = WriteStream::new(&w, 42);
+        let mut hb = Hash(0);
+        for step in 1..=40u64 {
+            hb = b.advance_sink(step * 333_333, hb);
+        }
+        let hb = hb.0;
+        assert_eq!(hb, h);
     }
 
     #[test]
@@ -334,6 +475,52 @@ mod props {
     use crate::spec::*;
     use crate::units::ByteSize;
     use proptest::prelude::*;
+
+    #[test]
+    fn conversions_match_as_at_the_edges() {
+        let edges = [
+            0u64,
+            1,
+            (1 << 53) + 1,
+            (1 << 63) - 1,
+            1 << 63,
+            (1 << 63) + 1,
+            u64::MAX,
+        ];
+        for x in edges {
+            assert_eq!(u64_to_f64(x).to_bits(), (x as f64).to_bits(), "{x}");
+        }
+        let fs = [
+            0.0,
+            -0.0,
+            -0.5,
+            -1.0,
+            0.5,
+            1.5,
+            9.223_372_036_854_775e18,
+            TWO_POW_63,
+            1.8e19,
+            1.9e19,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+        ];
+        for x in fs {
+            assert_eq!(f64_to_u64(x), x as u64, "{x}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn conversions_match_as(x in any::<u64>(), bits in any::<u64>(), small in 0.0f64..1e19) {
+            prop_assert_eq!(u64_to_f64(x).to_bits(), (x as f64).to_bits());
+            let f = f64::from_bits(bits);
+            prop_assert_eq!(f64_to_u64(f), f as u64);
+            prop_assert_eq!(f64_to_u64(small), small as u64);
+        }
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
