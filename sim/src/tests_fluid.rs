@@ -145,28 +145,42 @@ fn skipped_ticks_change_nothing() {
     assert!(skipped_any, "no case skipped a single tick");
 }
 
-/// How many ticks the QEMU rule vouches for on its own from the start of a fresh pass.
-fn count_skips(ck: &Checked) -> u64 {
-    let mut p = ck.scenario.policy.build(ck.scenario.vm.vcpus);
-    let obs = Observation {
+/// A tick at the start of the first pass with `remaining` pages left and nothing sent yet.
+fn first_pass_tick(ck: &Checked, remaining: u64) -> Observation {
+    Observation {
         trigger: Trigger::Tick,
-        elapsed_ns: 1_000_000_000,
+        elapsed_ns: 0,
         round: 0,
         mem_bytes: ck.mem_bytes(),
         page_size: ck.page_size,
         page_wire_bytes: 4104,
-        total_bytes_sent: 125_000_000,
-        total_pages_sent: 30_000,
-        round_bytes_sent: 125_000_000,
-        round_pages_sent: 30_000,
-        round_elapsed_ns: 1_000_000_000,
-        remaining_pages: ck.mem_pages - 30_000,
+        total_bytes_sent: 0,
+        total_pages_sent: 0,
+        round_bytes_sent: 0,
+        round_pages_sent: 0,
+        round_elapsed_ns: 0,
+        remaining_pages: remaining,
         dirty_pages: 0,
         last_round: None,
         bandwidth_bps: 1e9,
         dirty_rate_pps: 0.0,
         throttle_pct: 0,
         vcpus: 2,
+    }
+}
+
+/// How many ticks the QEMU rule vouches for on its own from the start of a fresh pass.
+fn count_skips(ck: &Checked) -> u64 {
+    let mut p = ck.scenario.policy.build(ck.scenario.vm.vcpus);
+    // One second into the first pass at 1 Gbit/s.
+    let obs = Observation {
+        elapsed_ns: 1_000_000_000,
+        total_bytes_sent: 125_000_000,
+        total_pages_sent: 30_000,
+        round_bytes_sent: 125_000_000,
+        round_pages_sent: 30_000,
+        round_elapsed_ns: 1_000_000_000,
+        ..first_pass_tick(ck, ck.mem_pages - 30_000)
     };
     if p.decide(&obs) != Decision::Continue {
         return 0;
@@ -195,26 +209,7 @@ fn qemu_skip_stops_before_the_tick_that_syncs() {
     .check()
     .unwrap();
     let mut q = Qemu::new(QemuSpec::default(), 2);
-    let mut obs = Observation {
-        trigger: Trigger::Tick,
-        elapsed_ns: 0,
-        round: 0,
-        mem_bytes: ck.mem_bytes(),
-        page_size: 4096,
-        page_wire_bytes: 4104,
-        total_bytes_sent: 0,
-        total_pages_sent: 0,
-        round_bytes_sent: 0,
-        round_pages_sent: 0,
-        round_elapsed_ns: 0,
-        remaining_pages: 100_000,
-        dirty_pages: 0,
-        last_round: None,
-        bandwidth_bps: 1e9,
-        dirty_rate_pps: 0.0,
-        throttle_pct: 0,
-        vcpus: 2,
-    };
+    let mut obs = first_pass_tick(&ck, 100_000);
     let bytes_per_tick = 6.25e6; // 1 Gbit/s for 50 ms
     let dirty = |_j: u64| 0u64;
     let f = SteadyTicks {
