@@ -371,18 +371,24 @@ fn pe<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing failed: {e:?}")
 }
 
-fn render(data: &Data, kind: &str, out: &Path, run_id: Option<usize>) -> Result<()> {
+/// Something that draws itself on any plotters backend.
+trait Painter {
+    fn paint<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>;
+}
+
+/// Draw `p` into `out` (`.svg` or `.png`, `size` pixels) through a temporary file that is
+/// renamed into place, so a failed plot leaves nothing behind. `what` names the output in the
+/// error for any other extension.
+fn write_plot(out: &Path, size: (u32, u32), what: &str, p: &impl Painter) -> Result<()> {
     register_font();
     let ext = out
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    let size = size_of(data, kind);
     if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    // Draw into a temporary file and rename it, so a failed plot leaves nothing behind.
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -391,13 +397,13 @@ fn render(data: &Data, kind: &str, out: &Path, run_id: Option<usize>) -> Result<
     let res = match ext.as_str() {
         "svg" => {
             let root = SVGBackend::new(&tmp, size).into_drawing_area();
-            draw(data, kind, &root, run_id).and_then(|_| root.present().map_err(pe))
+            p.paint(&root).and_then(|_| root.present().map_err(pe))
         }
         "png" => {
             let root = BitMapBackend::new(&tmp, size).into_drawing_area();
-            draw(data, kind, &root, run_id).and_then(|_| root.present().map_err(pe))
+            p.paint(&root).and_then(|_| root.present().map_err(pe))
         }
-        _ => bail!("--out: use a .svg or .png file name, got {}", out.display()),
+        _ => bail!("{what}use a .svg or .png file name, got {}", out.display()),
     };
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
@@ -406,6 +412,21 @@ fn render(data: &Data, kind: &str, out: &Path, run_id: Option<usize>) -> Result<
     std::fs::rename(&tmp, out)
         .with_context(|| format!("failed to move {} into place", out.display()))?;
     Ok(())
+}
+
+fn render(data: &Data, kind: &str, out: &Path, run_id: Option<usize>) -> Result<()> {
+    struct Kind<'a>(&'a Data, &'a str, Option<usize>);
+    impl Painter for Kind<'_> {
+        fn paint<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+            draw(self.0, self.1, root, self.2)
+        }
+    }
+    write_plot(
+        out,
+        size_of(data, kind),
+        "--out: ",
+        &Kind(data, kind, run_id),
+    )
 }
 
 fn grid_of(n: usize) -> (usize, usize) {
@@ -1018,41 +1039,16 @@ pub struct RatioFigure {
 
 /// Draw `fig` to `out` (`.svg` or `.png`), atomically.
 pub fn render_ratio_figure(fig: &RatioFigure, out: &Path) -> Result<()> {
-    register_font();
-    let ext = out
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    struct Ratio<'a>(&'a RatioFigure, usize, usize);
+    impl Painter for Ratio<'_> {
+        fn paint<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+            draw_ratio_figure(self.0, root, self.1, self.2)
+        }
+    }
     let cols = fig.cols.max(1);
     let rows = fig.panels.len().div_ceil(cols).max(1);
     let size = (620 * cols as u32 + LEGEND_W, 480 * rows as u32 + 60);
-    if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = out.with_file_name(format!(".{name}.tmp{}.{ext}", std::process::id()));
-    let res = match ext.as_str() {
-        "svg" => {
-            let root = SVGBackend::new(&tmp, size).into_drawing_area();
-            draw_ratio_figure(fig, &root, rows, cols).and_then(|_| root.present().map_err(pe))
-        }
-        "png" => {
-            let root = BitMapBackend::new(&tmp, size).into_drawing_area();
-            draw_ratio_figure(fig, &root, rows, cols).and_then(|_| root.present().map_err(pe))
-        }
-        _ => bail!("use a .svg or .png file name, got {}", out.display()),
-    };
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, out)
-        .with_context(|| format!("failed to move {} into place", out.display()))?;
-    Ok(())
+    write_plot(out, size, "", &Ratio(fig, rows, cols))
 }
 
 fn draw_ratio_figure<DB: DrawingBackend>(
