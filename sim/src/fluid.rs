@@ -9,8 +9,12 @@
 //! * `analytic` mode (the textbook geometric model): n, ignoring the working set (capped at
 //!   memory), so round i sends M·λ^i.
 //!
-//! Pages of the send set are assumed spread over the classes in proportion, which is exact at
-//! iteration ends (what round-by-round policies see) and an approximation for mid-round syncs.
+//! Where the send set lies matters once a policy harvests in mid-pass: the sender goes on from
+//! where it stands, so the rest of the old pass (with the first pass's cheap zero pages) goes
+//! out before the new dirty pages behind it, and pages dirtied ahead of the sender go out in
+//! this iteration anyway. The send set is therefore kept as pieces of constant density along
+//! the address space (see [`Sweep`]); pages dirtied since a harvest are taken as spread evenly
+//! over their segment (a Zipf rank bucket, a class, or untouched memory).
 //! Post-copy and XBZRLE are not modelled here (the scenario check rejects them).
 
 use crate::engine::Nanos;
@@ -26,6 +30,8 @@ const MIN_SYNC_NS: f64 = 1_000.0;
 const ZIPF_EXACT_RANKS: u64 = 16;
 /// Growth ratio of Zipf rank buckets beyond the exact ranks.
 const ZIPF_BUCKET_RATIO: f64 = 1.3;
+/// Pieces of the send-set layout allowed beyond one per elementary interval.
+const MAX_EXTRA_PIECES: usize = 8;
 
 /// How a segment turns writes into distinct pages.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -52,6 +58,8 @@ struct Seg {
     curve: Curve,
     /// Pages of the send set in this segment when the current iteration began.
     send: f64,
+    /// Their bytes on the wire (zero pages of the first pass travel as short markers).
+    send_bytes: f64,
     /// Distinct dirty pages as last computed by `dirty_overlap` (reused by `harvest`).
     memo_dirty: std::cell::Cell<f64>,
 }
@@ -79,21 +87,6 @@ impl Seg {
             Curve::Linear => n,
         }
     }
-
-    /// Share of the segment the sender's sweep has passed: the sweep started at `x0` and has
-    /// advanced `s` pages through an address space of `mem` pages, wrapping at the end.
-    #[inline]
-    fn swept(&self, x0: f64, s: f64, mem: f64) -> f64 {
-        let (a, b) = (self.first, self.first + self.pages);
-        let cover = |lo: f64, hi: f64| (hi.min(b) - lo.max(a)).max(0.0);
-        let end = x0 + s;
-        let c = if end <= mem {
-            cover(x0, end)
-        } else {
-            cover(x0, mem) + cover(0.0, (end - mem).min(x0))
-        };
-        (c / self.pages).min(1.0)
-    }
 }
 
 /// Split a class into segments.
@@ -105,6 +98,7 @@ fn class_segments(c: &Class, phase: usize, analytic: bool, out: &mut Vec<Seg>) {
         phase,
         curve,
         send: 0.0,
+        send_bytes: 0.0,
         memo_dirty: std::cell::Cell::new(0.0),
     };
     match (analytic, c.pattern) {
@@ -218,6 +212,7 @@ fn segments(phases: &[Vec<Class>], mem: u64, analytic: bool) -> Vec<Seg> {
             phase: usize::MAX,
             curve: Curve::Uniform,
             send: 0.0,
+            send_bytes: 0.0,
             memo_dirty: std::cell::Cell::new(0.0),
         });
     }
@@ -229,24 +224,52 @@ fn segments(phases: &[Vec<Class>], mem: u64, analytic: bool) -> Vec<Seg> {
     segs
 }
 
-/// The send set's density along the address space: elementary intervals between segment
-/// boundaries, each with the send-set pages per address it holds this iteration.
+/// A stretch of address space inside one elementary interval (between segment boundaries)
+/// over which every segment's send set has a constant density.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Piece {
+    lo: f64,
+    hi: f64,
+    /// Elementary interval it lies in (its member segments).
+    elem: u32,
+    /// Start of its per-member densities in `Sweep::dens` / `Sweep::bdens`.
+    off: u32,
+}
+
+/// Pieces, their per-member densities (pages, bytes) and their totals (pages, bytes).
+type LayoutBuffers = (Vec<Piece>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
+/// The send set laid out along the address space, which the sender covers in address order
+/// from where the last iteration stopped. Pieces record where each segment's send pages are:
+/// after a mid-pass harvest the rest of the old pass lies ahead of the sender while the new
+/// dirty pages spread over the whole segment, and the first pass's zero pages are cheap on the
+/// wire while re-dirtied pages are not. So the pages a number of bytes buys, and how many of
+/// the pages dirtied since the last harvest are still ahead, depend on where the sweep stands.
 #[derive(Clone, Debug)]
 struct Sweep {
-    /// Interval starts (sorted, first 0) and ends.
-    lo: Vec<f64>,
-    hi: Vec<f64>,
-    /// Segments overlapping each interval.
+    /// Segments overlapping each elementary interval.
     members: Vec<Vec<usize>>,
-    density: Vec<f64>,
+    pieces: Vec<Piece>,
+    /// Per piece and member: send-set pages and wire bytes per page of address space.
+    dens: Vec<f64>,
+    bdens: Vec<f64>,
+    /// Per piece: the sums over its members.
+    tot: Vec<f64>,
+    btot: Vec<f64>,
+    /// Per segment: send-set pages and bytes still ahead of the sweep in this iteration.
+    ahead: Vec<f64>,
+    ahead_b: Vec<f64>,
     /// Where this iteration's sweep began, and how far it has gone (pages of address space).
     x0: f64,
     s: f64,
-    /// Interval holding the sweep position.
+    /// Piece holding the sweep position.
     at: usize,
+    /// Scratch buffers for rebuilding the pieces at a harvest.
+    scratch: LayoutBuffers,
 }
 
 impl Sweep {
+    /// One piece per elementary interval, each segment's send set spread evenly over it.
     fn new(segs: &[Seg], mem: f64) -> Self {
         let mut cuts: Vec<f64> = Vec::with_capacity(2 * segs.len() + 2);
         cuts.extend([0.0, mem]);
@@ -267,48 +290,325 @@ impl Sweep {
             }
         }
         let mut sw = Sweep {
-            lo: cuts[..n].to_vec(),
-            hi: cuts[1..].to_vec(),
             members,
-            density: vec![0.0; n],
+            pieces: Vec::with_capacity(n),
+            dens: Vec::new(),
+            bdens: Vec::new(),
+            tot: Vec::new(),
+            btot: Vec::new(),
+            ahead: vec![0.0; segs.len()],
+            ahead_b: vec![0.0; segs.len()],
             x0: 0.0,
             s: 0.0,
             at: 0,
+            scratch: Default::default(),
         };
-        sw.restart(segs, 0.0);
+        for i in 0..n {
+            let off = sw.dens.len() as u32;
+            let (mut t, mut bt) = (0.0, 0.0);
+            for &k in &sw.members[i] {
+                let w = segs[k].pages.max(1.0);
+                let (d, b) = (segs[k].send / w, segs[k].send_bytes / w);
+                sw.dens.push(d);
+                sw.bdens.push(b);
+                t += d;
+                bt += b;
+            }
+            sw.pieces.push(Piece {
+                lo: cuts[i],
+                hi: cuts[i + 1],
+                elem: i as u32,
+                off,
+            });
+            sw.tot.push(t);
+            sw.btot.push(bt);
+        }
+        for (k, sg) in segs.iter().enumerate() {
+            sw.ahead[k] = sg.send;
+            sw.ahead_b[k] = sg.send_bytes;
+        }
         sw
     }
 
-    /// A new iteration begins at address `x0` with the segments' current send sets.
-    fn restart(&mut self, segs: &[Seg], x0: f64) {
-        for (d, m) in self.density.iter_mut().zip(&self.members) {
-            *d = m
-                .iter()
-                .map(|&i| segs[i].send / segs[i].pages.max(1.0))
-                .sum();
-        }
-        self.x0 = x0;
-        self.s = 0.0;
-        self.at = self.lo.partition_point(|&l| l <= x0).saturating_sub(1);
-    }
-
-    /// Advance the sweep past `pages` pages of the send set (never beyond one full turn).
-    fn advance(&mut self, mut pages: f64, mem: f64) {
-        let n = self.lo.len();
-        while pages > 0.0 && self.s < mem {
+    /// Advance the sweep past `bytes` wire bytes of the send set (never beyond one full
+    /// turn); returns the pages they carried.
+    fn advance(&mut self, mut bytes: f64, mem: f64) -> f64 {
+        let n = self.pieces.len();
+        let mut pages = 0.0;
+        while bytes > 0.0 && self.s < mem {
             let x = (self.x0 + self.s) % mem;
             let i = self.at;
-            let room = (self.hi[i] - x).max(0.0).min(mem - self.s);
-            let d = self.density[i];
-            let need = if d > 0.0 { pages / d } else { f64::INFINITY };
-            if need < room {
-                self.s += need;
-                return;
+            let pc = self.pieces[i];
+            let room = (pc.hi - x).max(0.0).min(mem - self.s);
+            let b = self.btot[i];
+            let need = if b > 0.0 { bytes / b } else { f64::INFINITY };
+            let step = need.min(room);
+            if b > 0.0 {
+                let off = pc.off as usize;
+                for (j, &k) in self.members[pc.elem as usize].iter().enumerate() {
+                    self.ahead[k] -= step * self.dens[off + j];
+                    self.ahead_b[k] -= step * self.bdens[off + j];
+                }
             }
-            self.s += room;
-            pages -= room * d;
+            self.s += step;
+            if need < room {
+                return pages + need * self.tot[i];
+            }
+            bytes -= room * b;
+            pages += room * self.tot[i];
             self.at = (i + 1) % n;
         }
+        pages
+    }
+
+    /// Send the rest of the send set: the sweep stops at the end of the last piece holding
+    /// any (where the sender stands when the iteration ends). Returns the pages it carried.
+    fn advance_to_end(&mut self, mem: f64) -> f64 {
+        let n = self.pieces.len();
+        let (mut s, mut i, mut pages, mut end) = (self.s, self.at, 0.0, self.s);
+        let mut end_at = self.at;
+        while s < mem {
+            let x = (self.x0 + s) % mem;
+            let room = (self.pieces[i].hi - x).max(0.0).min(mem - s);
+            s += room;
+            i = (i + 1) % n;
+            if self.btot[(i + n - 1) % n] > 0.0 {
+                pages += room * self.tot[(i + n - 1) % n];
+                end = s;
+                end_at = i;
+            }
+        }
+        self.s = end;
+        self.at = if end >= mem { self.at } else { end_at };
+        self.ahead.iter_mut().for_each(|a| *a = 0.0);
+        self.ahead_b.iter_mut().for_each(|a| *a = 0.0);
+        pages
+    }
+
+    /// Bytes from the sweep's position over which every byte carries the same number of
+    /// pages (and that number): the stretch where a steady tick sends a steady page count.
+    fn steady_bytes(&self, mem: f64) -> (f64, f64) {
+        let n = self.pieces.len();
+        let (mut s, mut i, mut bytes) = (self.s, self.at, 0.0);
+        let mut ratio: Option<f64> = None;
+        while s < mem {
+            let x = (self.x0 + s) % mem;
+            let room = (self.pieces[i].hi - x).max(0.0).min(mem - s);
+            let b = self.btot[i];
+            if b > 0.0 {
+                let r = self.tot[i] / b;
+                match ratio {
+                    None => ratio = Some(r),
+                    Some(q) if (q - r).abs() <= 1e-12 * q.abs() => {}
+                    Some(_) => break,
+                }
+                bytes += room * b;
+            }
+            s += room;
+            i = (i + 1) % n;
+        }
+        (bytes, ratio.unwrap_or(0.0))
+    }
+
+    /// A harvest at the sweep's position: pages already swept this iteration are gone, those
+    /// ahead stay, and each segment's `q[k]` share of its pages (those dirtied since the last
+    /// harvest, spread evenly) joins the send set where it is not already in it (everywhere,
+    /// `analytic`). The next iteration starts here. Fills `send`/`send_bytes` per segment.
+    fn harvest(&mut self, q: &[f64], analytic: bool, page_wire: f64, mem: f64, segs: &mut [Seg]) {
+        let (x0, s) = (self.x0, self.s);
+        let full = s >= mem;
+        let (mut np, mut nd, mut nb, mut nt, mut nbt) = std::mem::take(&mut self.scratch);
+        np.clear();
+        nd.clear();
+        nb.clear();
+        nt.clear();
+        nbt.clear();
+        for sg in segs.iter_mut() {
+            sg.send = 0.0;
+            sg.send_bytes = 0.0;
+        }
+        let x = (x0 + s) % mem;
+        for pc in &self.pieces {
+            // Cut at the sweep's start and end so each part is wholly swept or wholly ahead.
+            let mut cuts = [pc.lo, pc.hi, pc.hi, pc.hi];
+            let mut nc = 1;
+            for c in [x0, x] {
+                if c > pc.lo && c < pc.hi && (nc == 1 || c != cuts[1]) {
+                    cuts[nc] = c;
+                    nc += 1;
+                }
+            }
+            if nc == 3 && cuts[1] > cuts[2] {
+                cuts.swap(1, 2);
+            }
+            let mems = &self.members[pc.elem as usize];
+            let off = pc.off as usize;
+            for w in 0..nc {
+                let (lo, hi) = (cuts[w], cuts[w + 1]);
+                if hi <= lo {
+                    continue;
+                }
+                let mid = 0.5 * (lo + hi);
+                let swept = full || (mid - x0).rem_euclid(mem) < s;
+                let start = nd.len();
+                let (mut t, mut bt) = (0.0, 0.0);
+                for (j, &k) in mems.iter().enumerate() {
+                    let (a, ab) = if swept {
+                        (0.0, 0.0)
+                    } else {
+                        (self.dens[off + j], self.bdens[off + j])
+                    };
+                    let add = if analytic {
+                        q[k]
+                    } else {
+                        q[k] * (1.0 - a.min(1.0))
+                    };
+                    let (d, b) = (a + add, ab + add * page_wire);
+                    nd.push(d);
+                    nb.push(b);
+                    t += d;
+                    bt += b;
+                    segs[k].send += d * (hi - lo);
+                    segs[k].send_bytes += b * (hi - lo);
+                }
+                // Merge with the previous part when nothing tells them apart.
+                if let Some(last) = np.last_mut() {
+                    let prev = last.off as usize;
+                    let eq = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs());
+                    if last.elem == pc.elem
+                        && last.hi == lo
+                        && (0..mems.len()).all(|j| {
+                            eq(nd[prev + j], nd[start + j]) && eq(nb[prev + j], nb[start + j])
+                        })
+                    {
+                        last.hi = hi;
+                        nd.truncate(start);
+                        nb.truncate(start);
+                        continue;
+                    }
+                }
+                np.push(Piece {
+                    lo,
+                    hi,
+                    elem: pc.elem,
+                    off: start as u32,
+                });
+                nt.push(t);
+                nbt.push(bt);
+            }
+        }
+        self.cap_pieces(&mut np, &mut nd, &mut nb, &mut nt, &mut nbt, page_wire);
+        std::mem::swap(&mut self.pieces, &mut np);
+        std::mem::swap(&mut self.dens, &mut nd);
+        std::mem::swap(&mut self.bdens, &mut nb);
+        std::mem::swap(&mut self.tot, &mut nt);
+        std::mem::swap(&mut self.btot, &mut nbt);
+        self.scratch = (np, nd, nb, nt, nbt);
+        for (k, sg) in segs.iter().enumerate() {
+            self.ahead[k] = sg.send;
+            self.ahead_b[k] = sg.send_bytes;
+        }
+        self.x0 = x;
+        self.s = 0.0;
+        self.at = self.pieces.partition_point(|p| p.lo <= x).saturating_sub(1);
+    }
+
+    /// Keep at most [`MAX_EXTRA_PIECES`] pieces beyond one per elementary interval by merging
+    /// the neighbours whose densities differ least (pages and bytes are conserved). Only
+    /// migrations that harvest many times within a pass (a sawtooth of densities behind the
+    /// sender) reach the cap.
+    fn cap_pieces(
+        &self,
+        np: &mut Vec<Piece>,
+        nd: &mut Vec<f64>,
+        nb: &mut Vec<f64>,
+        nt: &mut Vec<f64>,
+        nbt: &mut Vec<f64>,
+        page_wire: f64,
+    ) {
+        let limit = self.members.len() + MAX_EXTRA_PIECES;
+        if np.len() <= limit {
+            return;
+        }
+        // Each pass merges the cheapest pair; merged-away pieces get zero length and are
+        // dropped at the end, with their densities, so equal layouts compare equal.
+        let mut live = np.len();
+        while live > limit {
+            let mut best = (f64::INFINITY, usize::MAX, usize::MAX);
+            let mut prev: Option<usize> = None;
+            for i in 0..np.len() {
+                if np[i].hi <= np[i].lo {
+                    continue;
+                }
+                if let Some(h) = prev {
+                    let (a, b) = (np[h], np[i]);
+                    if a.elem == b.elem && a.hi == b.lo {
+                        let k = self.members[a.elem as usize].len();
+                        let (oa, ob) = (a.off as usize, b.off as usize);
+                        let mut diff = 0.0;
+                        for j in 0..k {
+                            diff += (nd[oa + j] - nd[ob + j]).abs()
+                                + (nb[oa + j] - nb[ob + j]).abs() / page_wire;
+                        }
+                        let cost = diff * (a.hi - a.lo).min(b.hi - b.lo);
+                        if cost < best.0 {
+                            best = (cost, h, i);
+                        }
+                    }
+                }
+                prev = Some(i);
+            }
+            let (_, h, i) = best;
+            if h == usize::MAX {
+                break;
+            }
+            let (a, b) = (np[h], np[i]);
+            let (la, lb) = (a.hi - a.lo, b.hi - b.lo);
+            let k = self.members[a.elem as usize].len();
+            let (oa, ob) = (a.off as usize, b.off as usize);
+            let (mut t, mut bt) = (0.0, 0.0);
+            for j in 0..k {
+                nd[oa + j] = (nd[oa + j] * la + nd[ob + j] * lb) / (la + lb);
+                nb[oa + j] = (nb[oa + j] * la + nb[ob + j] * lb) / (la + lb);
+                t += nd[oa + j];
+                bt += nb[oa + j];
+            }
+            nt[h] = t;
+            nbt[h] = bt;
+            np[h].hi = b.hi;
+            np[i].lo = b.hi; // empty: dropped below
+            live -= 1;
+        }
+        // Compact in place (offsets only grow along the pieces).
+        let (mut w, mut wd) = (0, 0);
+        for r in 0..np.len() {
+            let p = np[r];
+            if p.hi <= p.lo {
+                continue;
+            }
+            let k = self.members[p.elem as usize].len();
+            let o = p.off as usize;
+            nd.copy_within(o..o + k, wd);
+            nb.copy_within(o..o + k, wd);
+            np[w] = Piece {
+                off: wd as u32,
+                ..p
+            };
+            nt[w] = nt[r];
+            nbt[w] = nbt[r];
+            w += 1;
+            wd += k;
+        }
+        np.truncate(w);
+        nt.truncate(w);
+        nbt.truncate(w);
+        nd.truncate(wd);
+        nb.truncate(wd);
+    }
+
+    /// Pieces with send-set pages in them.
+    fn holders(&self) -> usize {
+        self.tot.iter().filter(|&&t| t > 0.0).count()
     }
 }
 
@@ -338,6 +638,8 @@ struct Fluid<'a> {
     /// Bumped whenever writes or the sweep move; `memo` holds (version, dirty, overlap).
     version: u64,
     memo: std::cell::Cell<(u64, f64, f64)>,
+    /// Scratch: each segment's share of pages dirtied since the last harvest.
+    q: Vec<f64>,
 }
 
 impl Fluid<'_> {
@@ -378,8 +680,8 @@ impl Fluid<'_> {
             return (d, o);
         }
         let (mut dirty, mut overlap) = (0.0, 0.0);
-        let (x0, s, mem) = (self.sweep.x0, self.sweep.s, self.mem);
-        for sg in &self.segs {
+        let mem = self.mem;
+        for (sg, &ahead) in self.segs.iter().zip(&self.sweep.ahead) {
             let n = self.writes(sg);
             if n <= 0.0 {
                 sg.memo_dirty.set(0.0);
@@ -388,8 +690,7 @@ impl Fluid<'_> {
             let d = sg.distinct(n);
             sg.memo_dirty.set(d);
             dirty += d;
-            if !self.analytic && sg.send > 0.0 {
-                let ahead = sg.send * (1.0 - sg.swept(x0, s, mem));
+            if !self.analytic && ahead > 0.0 {
                 overlap += d * (ahead / sg.pages).min(1.0);
             }
         }
@@ -417,40 +718,40 @@ impl Fluid<'_> {
         }
     }
 
-    /// Send `pages` pages (`bytes` on the wire) of this iteration's send set.
-    fn send(&mut self, pages: f64, bytes: f64) {
+    /// Send `bytes` of this iteration's send set (all of it with `to_end`); returns the pages
+    /// they carried.
+    fn send(&mut self, bytes: f64, to_end: bool) -> f64 {
         self.version += 1;
+        let pages = if to_end {
+            self.sweep.advance_to_end(self.mem);
+            self.send_pages
+        } else {
+            self.sweep.advance(bytes, self.mem).min(self.send_pages)
+        };
         self.send_pages = (self.send_pages - pages).max(0.0);
         self.send_bytes = (self.send_bytes - bytes).max(0.0);
-        self.sweep.advance(pages, self.mem);
+        pages
     }
 
     /// Harvest the dirty log: the dirty pages not already pending join the send set and a new
     /// iteration starts where the sender stands. Returns the pages harvested.
-    fn harvest(&mut self, dirty: f64, overlap: f64, wire_avg: f64) -> f64 {
+    fn harvest(&mut self, dirty: f64, overlap: f64) -> f64 {
         self.dirty_overlap(); // per-segment counts for this state
         self.version += 1;
-        let (x0, s, mem) = (self.sweep.x0, self.sweep.s, self.mem);
-        for sg in &mut self.segs {
-            let ahead = sg.send * (1.0 - sg.swept(x0, s, mem));
-            let d = sg.memo_dirty.get();
-            let o = if self.analytic {
-                0.0
-            } else {
-                d * (ahead / sg.pages).min(1.0)
-            };
-            sg.send = if self.analytic {
-                ahead + d
-            } else {
-                (ahead + d - o).min(sg.pages)
-            };
-        }
+        let mut q = std::mem::take(&mut self.q);
+        q.clear();
+        q.extend(
+            self.segs
+                .iter()
+                .map(|sg| sg.memo_dirty.get() / sg.pages.max(1.0)),
+        );
+        self.sweep
+            .harvest(&q, self.analytic, self.page_wire, self.mem, &mut self.segs);
+        self.q = q;
         self.phase_guest.iter_mut().for_each(|g| *g = 0.0);
         let new = dirty - overlap;
-        self.send_bytes = self.send_bytes.min(self.send_pages * wire_avg) + new * self.page_wire;
+        self.send_bytes += new * self.page_wire;
         self.send_pages += new;
-        let x = (x0 + s) % mem;
-        self.sweep.restart(&self.segs, x);
         new
     }
 
@@ -471,7 +772,10 @@ fn same_scalars(a: (f64, f64), b: (f64, f64)) -> bool {
 struct Snapshot {
     t: f64,
     x0: f64,
-    sends: Vec<f64>,
+    pieces: Vec<Piece>,
+    dens: Vec<f64>,
+    bdens: Vec<f64>,
+    holders: usize,
     writes: Vec<f64>,
     send_pages: f64,
     send_bytes: f64,
@@ -498,7 +802,10 @@ impl Snapshot {
         Snapshot {
             t,
             x0: f.sweep.x0,
-            sends: f.segs.iter().map(|s| s.send).collect(),
+            pieces: f.sweep.pieces.clone(),
+            dens: f.sweep.dens.clone(),
+            bdens: f.sweep.bdens.clone(),
+            holders: f.sweep.holders(),
             writes: f.phase_guest.clone(),
             send_pages: f.send_pages,
             send_bytes: f.send_bytes,
@@ -517,32 +824,46 @@ impl Snapshot {
     fn same_state(&self, o: &Snapshot) -> bool {
         let eq = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs()) + 1e-300;
         let eq_t = |a: f64, b: f64| (a - b).abs() <= 1e-3;
-        // Where the sweep starts only matters when it meets segments of different send
-        // densities; with one (uniform) segment holding the send set, any start is the same.
-        let holders = self.sends.iter().filter(|&&x| x > 0.0).count();
-        (holders <= 1 || eq(self.x0, o.x0))
+        // Where the sweep starts only matters when it meets different send densities; with
+        // one (even) piece holding the send set, any start is the same.
+        let same_pieces = self.pieces.len() == o.pieces.len()
+            && (self.pieces.iter().zip(&o.pieces))
+                .all(|(a, b)| a.elem == b.elem && eq(a.lo, b.lo) && eq(a.hi, b.hi));
+        (self.holders <= 1 || eq(self.x0, o.x0))
+            && same_pieces
             && eq(self.send_pages, o.send_pages)
             && eq(self.send_bytes, o.send_bytes)
             && self.throttle == o.throttle
             && eq_t(self.ready_in, o.ready_in)
             && eq_t(self.tick_in, o.tick_in)
-            && self.sends.iter().zip(&o.sends).all(|(a, b)| eq(*a, *b))
+            && self.dens.len() == o.dens.len()
+            && self.dens.iter().zip(&o.dens).all(|(a, b)| eq(*a, *b))
+            && self.bdens.iter().zip(&o.bdens).all(|(a, b)| eq(*a, *b))
             && self.writes.iter().zip(&o.writes).all(|(a, b)| eq(*a, *b))
     }
 }
 
 /// Expected zero pages written before the first iteration's sender reaches them, for zero
 /// fraction `z`, first-iteration duration `t0_ns`, with the sender moving through memory at a
-/// steady pace (page x is sent at x·t0/mem). Closed form per segment.
+/// steady pace (page x is sent at x·t0/mem).
 fn zero_pages_lost(segs: &[Seg], z: f64, mem: f64, t0_ns: f64) -> f64 {
+    let lost: f64 = segs
+        .iter()
+        .map(|sg| seg_written_early(sg, mem, t0_ns))
+        .sum();
+    (z * lost).clamp(0.0, z * mem)
+}
+
+/// Pages of a segment the guest writes before the first iteration's sender reaches them (see
+/// [`zero_pages_lost`]). Closed form per curve.
+fn seg_written_early(sg: &Seg, mem: f64, t0_ns: f64) -> f64 {
     let tau = t0_ns / mem / 1e9; // seconds until the sender reaches page x, per page
-    let mut lost = 0.0;
-    for sg in segs.iter().filter(|sg| sg.phase == 0) {
-        if sg.rate <= 0.0 || sg.pages <= 0.0 {
-            continue;
-        }
+    if sg.phase != 0 || sg.rate <= 0.0 || sg.pages <= 0.0 {
+        return 0.0;
+    }
+    {
         let (a, w) = (sg.first, sg.pages);
-        lost += match sg.curve {
+        match sg.curve {
             Curve::Uniform => {
                 // ∫_a^{a+w} 1 − e^(−k·x) dx with k = rate·tau/w
                 let k = sg.rate * tau / w;
@@ -574,9 +895,8 @@ fn zero_pages_lost(segs: &[Seg], z: f64, mem: f64, t0_ns: f64) -> f64 {
                 };
                 part + (a + w - hi).max(0.0)
             }
-        };
+        }
     }
-    (z * lost).clamp(0.0, z * mem)
 }
 
 /// Simulate one live migration in fluid (or, with `analytic`, geometric) mode.
@@ -636,6 +956,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
             .collect(),
         version: 1,
         memo: std::cell::Cell::new((0, 0.0, 0.0)),
+        q: Vec::new(),
     };
     // Round 0: zero pages travel as markers, less those the guest writes before they are sent.
     let z = sc.vm.zero_page_fraction;
@@ -645,8 +966,15 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
         zero0 = z * mem - zero_pages_lost(&f.segs, z, mem, t0);
         t0 = ((mem - zero0) * page_wire + zero0 * f.zero_wire) * 8e9 / precopy_bps;
     }
-    f.send_bytes = (mem - zero0) * page_wire + zero0 * f.zero_wire;
-    let zero_sent = zero0;
+    // Each segment's first-pass bytes: its zero pages less those written early.
+    let mut zero_sent = 0.0;
+    for sg in f.segs.iter_mut().filter(|sg| sg.send > 0.0) {
+        let zero = (z * (sg.pages - seg_written_early(sg, mem, t0))).clamp(0.0, sg.pages);
+        sg.send_bytes = (sg.pages - zero) * page_wire + zero * f.zero_wire;
+        zero_sent += zero;
+    }
+    f.send_bytes = f.segs.iter().map(|sg| sg.send_bytes).sum();
+    f.sweep = Sweep::new(&f.segs, mem);
 
     let setup = 2 * f.one_way;
     let max_time = (sc.limits.max_time_s * 1e9).round();
@@ -665,14 +993,6 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
     let mut last_bw = precopy_bps;
     let mut rounds: Vec<RoundRecord> = Vec::new();
     let mut max_throttle = 0.0f64;
-    let wire_avg = |f: &Fluid| {
-        if f.send_pages > 0.0 {
-            f.send_bytes / f.send_pages
-        } else {
-            f.page_wire
-        }
-    };
-
     let observe = |f: &Fluid,
                    trigger,
                    t: f64,
@@ -804,8 +1124,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
             if dur > 0.0 && round_bytes > 0.0 {
                 last_bw = bw;
             }
-            let wa = wire_avg(&f);
-            f.harvest(dirty, overlap, wa);
+            f.harvest(dirty, overlap);
             round += 1;
             round_start = t;
             round_pages = 0.0;
@@ -912,13 +1231,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
         }
         let sending = (next - start).max(0.0);
         let bytes = (sending * precopy_bps / 8e9).min(f.send_bytes);
-        let wa = wire_avg(&f);
-        let pages = if end_round <= next {
-            f.send_pages
-        } else {
-            bytes / wa
-        };
-        f.send(pages, bytes);
+        let pages = f.send(bytes, end_round <= next);
         round_pages += pages;
         round_bytes += bytes;
         total_pages += pages;
@@ -971,12 +1284,13 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                 next_tick,
                 skip_ticks && f.phases.len() <= 1 && ready <= t,
             ) {
-                let horizon = (t + f.send_bytes * 8e9 / precopy_bps).min(max_time);
+                // Steady up to the round end or where the pages per byte change.
+                let (steady, pages_per_byte) = f.sweep.steady_bytes(f.mem);
+                let horizon = (t + f.send_bytes.min(steady) * 8e9 / precopy_bps).min(max_time);
                 let max_ticks = ((horizon - t) / p).ceil() as u64;
                 let max_ticks = max_ticks.saturating_sub(2);
-                if max_ticks > 0 {
+                if max_ticks > 0 && pages_per_byte > 0.0 {
                     let bytes_per_tick = p * precopy_bps / 8e9;
-                    let wa = wire_avg(&f);
                     let gdt = p * (1.0 - f.throttle) / 1e9;
                     let fr = &f;
                     let dirty_at = move |j: u64| -> u64 {
@@ -992,7 +1306,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                     let fc = SteadyTicks {
                         period_ns: p as u64,
                         max_ticks,
-                        pages_per_tick: bytes_per_tick / wa,
+                        pages_per_tick: bytes_per_tick * pages_per_byte,
                         bytes_per_tick,
                         dirty_at: &dirty_at,
                     };
@@ -1077,4 +1391,140 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
         xbzrle_hits: 0,
     };
     RunResult { report, rounds }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+
+    fn seg(first: f64, pages: f64, send: f64, wire: f64) -> Seg {
+        Seg {
+            first,
+            pages,
+            rate: 1.0,
+            phase: 0,
+            curve: Curve::Uniform,
+            send,
+            send_bytes: send * wire,
+            memo_dirty: std::cell::Cell::new(0.0),
+        }
+    }
+
+    /// Per segment: send pages and bytes laid out in the pieces, and those the sweep has not
+    /// passed yet, recomputed from scratch.
+    fn layout(sw: &Sweep, nseg: usize, mem: f64) -> Vec<(f64, f64, f64, f64)> {
+        let mut out = vec![(0.0, 0.0, 0.0, 0.0); nseg];
+        // Swept part of [lo, hi): overlap with the circular range [x0, x0 + s).
+        let swept = |lo: f64, hi: f64| {
+            let cover = |a: f64, b: f64| (hi.min(b) - lo.max(a)).max(0.0);
+            let end = sw.x0 + sw.s;
+            if end <= mem {
+                cover(sw.x0, end)
+            } else {
+                cover(sw.x0, mem) + cover(0.0, end - mem)
+            }
+        };
+        for p in &sw.pieces {
+            let len = p.hi - p.lo;
+            let left = len - swept(p.lo, p.hi);
+            for (j, &k) in sw.members[p.elem as usize].iter().enumerate() {
+                let (d, b) = (sw.dens[p.off as usize + j], sw.bdens[p.off as usize + j]);
+                out[k].0 += d * len;
+                out[k].1 += b * len;
+                out[k].2 += d * left;
+                out[k].3 += b * left;
+            }
+        }
+        out
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 * a.abs().max(b.abs()) + 1e-6
+    }
+
+    #[test]
+    fn pieces_conserve_the_send_set_through_harvests_and_merges() {
+        let mem = 10_000.0;
+        let page_wire = 4104.0;
+        // A working set at the bottom (cheaper pages: some zero), a hot spot, and a gap.
+        let mut segs = vec![
+            seg(0.0, 2_000.0, 2_000.0, 3_000.0),
+            seg(2_000.0, 500.0, 500.0, page_wire),
+            seg(2_500.0, 7_500.0, 7_500.0, 3_100.0),
+        ];
+        let mut sw = Sweep::new(&segs, mem);
+        // splitmix64: any fixed sequence of shares will do.
+        let mut state = 7u64;
+        let mut unit = || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut max_pieces = 0;
+        for step in 0..400 {
+            // Send a random share of what is left, then harvest random dirty shares.
+            let left_b: f64 = sw.ahead_b.iter().sum();
+            let before = layout(&sw, segs.len(), mem);
+            let pages = sw.advance(left_b * unit() * 0.5, mem);
+            let after = layout(&sw, segs.len(), mem);
+            let gone: f64 = before.iter().zip(&after).map(|(b, a)| b.2 - a.2).sum();
+            assert!(close(pages, gone), "step {step}: sent {pages} vs {gone}");
+            for (k, a) in after.iter().enumerate() {
+                assert!(close(a.2, sw.ahead[k]), "step {step}: ahead of {k}");
+                assert!(close(a.3, sw.ahead_b[k]), "step {step}: ahead bytes of {k}");
+            }
+            let q = [0.05 * unit(), 0.5 * unit(), 0.0];
+            let expect: Vec<(f64, f64)> = (0..segs.len())
+                .map(|k| {
+                    let (a, ab) = (sw.ahead[k], sw.ahead_b[k]);
+                    let new = q[k] * (segs[k].pages - a);
+                    (a + new, ab + new * page_wire)
+                })
+                .collect();
+            sw.harvest(&q, false, page_wire, mem, &mut segs);
+            max_pieces = max_pieces.max(sw.pieces.len());
+            let lay = layout(&sw, segs.len(), mem);
+            for k in 0..segs.len() {
+                assert!(
+                    close(segs[k].send, expect[k].0),
+                    "step {step}: seg {k} pages"
+                );
+                assert!(
+                    close(segs[k].send_bytes, expect[k].1),
+                    "step {step}: seg {k} bytes"
+                );
+                assert!(close(lay[k].0, segs[k].send), "step {step}: layout of {k}");
+                assert!(
+                    close(lay[k].1, segs[k].send_bytes),
+                    "step {step}: layout bytes"
+                );
+                assert!(segs[k].send <= segs[k].pages * (1.0 + 1e-12));
+            }
+            // Pieces tile memory in order.
+            assert_eq!(sw.pieces[0].lo, 0.0);
+            assert_eq!(sw.pieces.last().unwrap().hi, mem);
+            assert!(sw.pieces.windows(2).all(|w| w[0].hi == w[1].lo));
+        }
+        // The cap was reached (the merges above were exercised) and held.
+        assert_eq!(max_pieces, sw.members.len() + MAX_EXTRA_PIECES);
+    }
+
+    #[test]
+    fn a_round_that_ends_stops_the_sweep_after_the_last_page() {
+        let mem = 1_000.0;
+        let segs = vec![
+            seg(0.0, 300.0, 300.0, 4104.0),
+            seg(300.0, 700.0, 0.0, 4104.0),
+        ];
+        let mut sw = Sweep::new(&segs, mem);
+        sw.advance(100.0 * 4104.0, mem);
+        assert!(close(sw.s, 100.0));
+        let pages = sw.advance_to_end(mem);
+        assert!(close(pages, 200.0), "{pages}");
+        // It stands at the end of the working set, not after a full turn.
+        assert_eq!(sw.x0 + sw.s, 300.0);
+        assert!(sw.ahead.iter().all(|&a| a == 0.0));
+    }
 }
