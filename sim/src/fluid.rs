@@ -30,6 +30,8 @@ const MIN_SYNC_NS: f64 = 1_000.0;
 const ZIPF_EXACT_RANKS: u64 = 16;
 /// Growth ratio of Zipf rank buckets beyond the exact ranks.
 const ZIPF_BUCKET_RATIO: f64 = 1.3;
+/// Located scans that may overlap one elementary interval (more are spread evenly).
+const MAX_LOCATED_MEMBERS: usize = 2;
 /// Pieces of the send-set layout allowed beyond one per elementary interval.
 const MAX_EXTRA_PIECES: usize = 8;
 
@@ -62,6 +64,11 @@ struct Seg {
     send_bytes: f64,
     /// Distinct dirty pages as last computed by `dirty_overlap` (reused by `harvest`).
     memo_dirty: std::cell::Cell<f64>,
+    /// A sequential scan whose position is tracked (one-phase workloads outside analytic
+    /// mode): the pages it dirtied since the last harvest are the run behind its head, not an
+    /// even spread. `head0` is the head's offset in the segment at the last harvest.
+    located: bool,
+    head0: f64,
 }
 
 impl Seg {
@@ -89,6 +96,29 @@ impl Seg {
     }
 }
 
+/// The run of pages a located scan dirtied with `n` writes since its head stood at `head0`:
+/// all of its segment once it has gone round.
+fn scan_run(sg: &Seg, n: f64) -> Dirt {
+    let (a, w) = (sg.first, sg.pages);
+    let mut d = Dirt::default();
+    if n <= 0.0 {
+        return d;
+    }
+    if n >= w {
+        d.ranges[0] = (a, a + w);
+        return d;
+    }
+    let start = a + sg.head0;
+    let end = start + n;
+    if end <= a + w {
+        d.ranges[0] = (start, end);
+    } else {
+        d.ranges[0] = (start, a + w);
+        d.ranges[1] = (a, end - w);
+    }
+    d
+}
+
 /// Split a class into segments.
 fn class_segments(c: &Class, phase: usize, analytic: bool, out: &mut Vec<Seg>) {
     let seg = |first: f64, pages: f64, rate: f64, curve| Seg {
@@ -100,6 +130,8 @@ fn class_segments(c: &Class, phase: usize, analytic: bool, out: &mut Vec<Seg>) {
         send: 0.0,
         send_bytes: 0.0,
         memo_dirty: std::cell::Cell::new(0.0),
+        located: false,
+        head0: 0.0,
     };
     match (analytic, c.pattern) {
         (true, _) => out.push(seg(
@@ -214,9 +246,12 @@ fn segments(phases: &[Vec<Class>], mem: u64, analytic: bool) -> Vec<Seg> {
             send: 0.0,
             send_bytes: 0.0,
             memo_dirty: std::cell::Cell::new(0.0),
+            located: false,
+            head0: 0.0,
         });
     }
     for sg in &mut segs {
+        sg.located = sg.curve == Curve::Sequential && phases.len() <= 1;
         if sg.phase == 0 || sg.phase == usize::MAX {
             sg.send = sg.pages;
         }
@@ -234,6 +269,33 @@ struct Piece {
     elem: u32,
     /// Start of its per-member densities in `Sweep::dens` / `Sweep::bdens`.
     off: u32,
+}
+
+/// What a harvest adds to one segment's send set.
+#[derive(Clone, Copy, Debug, Default)]
+struct Dirt {
+    /// Share of the segment's pages dirtied, spread evenly over it.
+    even: f64,
+    /// Address ranges dirtied in full (a scan's run since the last harvest); a range with
+    /// `hi <= lo` is empty.
+    ranges: [(f64, f64); 2],
+}
+
+impl Dirt {
+    #[inline]
+    fn covers(&self, x: f64) -> bool {
+        self.ranges.iter().any(|&(lo, hi)| x >= lo && x < hi)
+    }
+}
+
+/// `x` brought into [0, mem) for 0 ≤ x < 2·mem (a position at most one turn past the start).
+#[inline]
+fn wrap(x: f64, mem: f64) -> f64 {
+    if x >= mem {
+        x - mem
+    } else {
+        x
+    }
 }
 
 /// Pieces, their per-member densities (pages, bytes) and their totals (pages, bytes).
@@ -336,7 +398,7 @@ impl Sweep {
         let n = self.pieces.len();
         let mut pages = 0.0;
         while bytes > 0.0 && self.s < mem {
-            let x = (self.x0 + self.s) % mem;
+            let x = wrap(self.x0 + self.s, mem);
             let i = self.at;
             let pc = self.pieces[i];
             let room = (pc.hi - x).max(0.0).min(mem - self.s);
@@ -368,7 +430,7 @@ impl Sweep {
         let (mut s, mut i, mut pages, mut end) = (self.s, self.at, 0.0, self.s);
         let mut end_at = self.at;
         while s < mem {
-            let x = (self.x0 + s) % mem;
+            let x = wrap(self.x0 + s, mem);
             let room = (self.pieces[i].hi - x).max(0.0).min(mem - s);
             s += room;
             i = (i + 1) % n;
@@ -392,7 +454,7 @@ impl Sweep {
         let (mut s, mut i, mut bytes) = (self.s, self.at, 0.0);
         let mut ratio: Option<f64> = None;
         while s < mem {
-            let x = (self.x0 + s) % mem;
+            let x = wrap(self.x0 + s, mem);
             let room = (self.pieces[i].hi - x).max(0.0).min(mem - s);
             let b = self.btot[i];
             if b > 0.0 {
@@ -414,7 +476,14 @@ impl Sweep {
     /// ahead stay, and each segment's `q[k]` share of its pages (those dirtied since the last
     /// harvest, spread evenly) joins the send set where it is not already in it (everywhere,
     /// `analytic`). The next iteration starts here. Fills `send`/`send_bytes` per segment.
-    fn harvest(&mut self, q: &[f64], analytic: bool, page_wire: f64, mem: f64, segs: &mut [Seg]) {
+    fn harvest(
+        &mut self,
+        dirt: &[Dirt],
+        analytic: bool,
+        page_wire: f64,
+        mem: f64,
+        segs: &mut [Seg],
+    ) {
         let (x0, s) = (self.x0, self.s);
         let full = s >= mem;
         let (mut np, mut nd, mut nb, mut nt, mut nbt) = std::mem::take(&mut self.scratch);
@@ -427,21 +496,33 @@ impl Sweep {
             sg.send = 0.0;
             sg.send_bytes = 0.0;
         }
-        let x = (x0 + s) % mem;
+        let x = wrap(x0 + s, mem);
         for pc in &self.pieces {
-            // Cut at the sweep's start and end so each part is wholly swept or wholly ahead.
-            let mut cuts = [pc.lo, pc.hi, pc.hi, pc.hi];
+            // Cut at the sweep's start and end so each part is wholly swept or wholly ahead,
+            // and at the ends of dirtied ranges so each is wholly inside or outside them.
+            let mems = &self.members[pc.elem as usize];
+            let mut cuts = [pc.hi; 2 + 4 * MAX_LOCATED_MEMBERS + 1];
+            cuts[0] = pc.lo;
             let mut nc = 1;
-            for c in [x0, x] {
-                if c > pc.lo && c < pc.hi && (nc == 1 || c != cuts[1]) {
+            let mut add_cut = |c: f64| {
+                if c > pc.lo && c < pc.hi && nc < cuts.len() - 1 {
                     cuts[nc] = c;
                     nc += 1;
                 }
+            };
+            add_cut(x0);
+            add_cut(x);
+            for &k in mems {
+                for &(lo, hi) in &dirt[k].ranges {
+                    if hi > lo {
+                        add_cut(lo);
+                        add_cut(hi);
+                    }
+                }
             }
-            if nc == 3 && cuts[1] > cuts[2] {
-                cuts.swap(1, 2);
+            if nc > 2 {
+                cuts[1..nc].sort_by(|a, b| a.total_cmp(b));
             }
-            let mems = &self.members[pc.elem as usize];
             let off = pc.off as usize;
             for w in 0..nc {
                 let (lo, hi) = (cuts[w], cuts[w + 1]);
@@ -449,7 +530,7 @@ impl Sweep {
                     continue;
                 }
                 let mid = 0.5 * (lo + hi);
-                let swept = full || (mid - x0).rem_euclid(mem) < s;
+                let swept = full || wrap(mid - x0 + mem, mem) < s;
                 let start = nd.len();
                 let (mut t, mut bt) = (0.0, 0.0);
                 for (j, &k) in mems.iter().enumerate() {
@@ -458,10 +539,12 @@ impl Sweep {
                     } else {
                         (self.dens[off + j], self.bdens[off + j])
                     };
+                    let dk = &dirt[k];
+                    let share = if dk.covers(mid) { 1.0 } else { dk.even };
                     let add = if analytic {
-                        q[k]
+                        share
                     } else {
-                        q[k] * (1.0 - a.min(1.0))
+                        share * (1.0 - a.min(1.0))
                     };
                     let (d, b) = (a + add, ab + add * page_wire);
                     nd.push(d);
@@ -606,6 +689,37 @@ impl Sweep {
         nb.truncate(wd);
     }
 
+    /// Send-set pages of segment `k` in `[lo, hi)` that the sweep has not passed yet.
+    fn ahead_in(&self, k: usize, lo: f64, hi: f64, mem: f64) -> f64 {
+        let (x0, s) = (self.x0, self.s);
+        let swept = |a: f64, b: f64| {
+            let cover = |c: f64, d: f64| (b.min(d) - a.max(c)).max(0.0);
+            if s >= mem {
+                b - a
+            } else if x0 + s <= mem {
+                cover(x0, x0 + s)
+            } else {
+                cover(x0, mem) + cover(0.0, x0 + s - mem)
+            }
+        };
+        let mut total = 0.0;
+        let first = self.pieces.partition_point(|p| p.hi <= lo);
+        for p in &self.pieces[first..] {
+            if p.lo >= hi {
+                break;
+            }
+            let mems = &self.members[p.elem as usize];
+            let Some(j) = mems.iter().position(|&m| m == k) else {
+                continue;
+            };
+            let (a, b) = (lo.max(p.lo), hi.min(p.hi));
+            if b > a {
+                total += self.dens[p.off as usize + j] * (b - a - swept(a, b));
+            }
+        }
+        total
+    }
+
     /// Pieces with send-set pages in them.
     fn holders(&self) -> usize {
         self.tot.iter().filter(|&&t| t > 0.0).count()
@@ -638,8 +752,8 @@ struct Fluid<'a> {
     /// Bumped whenever writes or the sweep move; `memo` holds (version, dirty, overlap).
     version: u64,
     memo: std::cell::Cell<(u64, f64, f64)>,
-    /// Scratch: each segment's share of pages dirtied since the last harvest.
-    q: Vec<f64>,
+    /// Scratch: what each segment dirtied since the last harvest.
+    dirt: Vec<Dirt>,
 }
 
 impl Fluid<'_> {
@@ -681,7 +795,7 @@ impl Fluid<'_> {
         }
         let (mut dirty, mut overlap) = (0.0, 0.0);
         let mem = self.mem;
-        for (sg, &ahead) in self.segs.iter().zip(&self.sweep.ahead) {
+        for (k, (sg, &ahead)) in self.segs.iter().zip(&self.sweep.ahead).enumerate() {
             let n = self.writes(sg);
             if n <= 0.0 {
                 sg.memo_dirty.set(0.0);
@@ -690,7 +804,16 @@ impl Fluid<'_> {
             let d = sg.distinct(n);
             sg.memo_dirty.set(d);
             dirty += d;
-            if !self.analytic && ahead > 0.0 {
+            if self.analytic || ahead <= 0.0 {
+                continue;
+            }
+            if sg.located {
+                for (lo, hi) in scan_run(sg, n).ranges {
+                    if hi > lo {
+                        overlap += self.sweep.ahead_in(k, lo, hi, mem);
+                    }
+                }
+            } else {
                 overlap += d * (ahead / sg.pages).min(1.0);
             }
         }
@@ -738,16 +861,31 @@ impl Fluid<'_> {
     fn harvest(&mut self, dirty: f64, overlap: f64) -> f64 {
         self.dirty_overlap(); // per-segment counts for this state
         self.version += 1;
-        let mut q = std::mem::take(&mut self.q);
-        q.clear();
-        q.extend(
-            self.segs
-                .iter()
-                .map(|sg| sg.memo_dirty.get() / sg.pages.max(1.0)),
+        let mut dirt = std::mem::take(&mut self.dirt);
+        dirt.clear();
+        for sg in self.segs.iter_mut() {
+            let n = self
+                .phase_guest
+                .get(sg.phase)
+                .map_or(0.0, |g| sg.rate * g / 1e9);
+            if sg.located && !self.analytic {
+                dirt.push(scan_run(sg, n));
+                sg.head0 = (sg.head0 + n) % sg.pages.max(1.0);
+            } else {
+                dirt.push(Dirt {
+                    even: sg.memo_dirty.get() / sg.pages.max(1.0),
+                    ..Dirt::default()
+                });
+            }
+        }
+        self.sweep.harvest(
+            &dirt,
+            self.analytic,
+            self.page_wire,
+            self.mem,
+            &mut self.segs,
         );
-        self.sweep
-            .harvest(&q, self.analytic, self.page_wire, self.mem, &mut self.segs);
-        self.q = q;
+        self.dirt = dirt;
         self.phase_guest.iter_mut().for_each(|g| *g = 0.0);
         let new = dirty - overlap;
         self.send_bytes += new * self.page_wire;
@@ -776,6 +914,7 @@ struct Snapshot {
     dens: Vec<f64>,
     bdens: Vec<f64>,
     holders: usize,
+    heads: Vec<f64>,
     writes: Vec<f64>,
     send_pages: f64,
     send_bytes: f64,
@@ -806,6 +945,12 @@ impl Snapshot {
             dens: f.sweep.dens.clone(),
             bdens: f.sweep.bdens.clone(),
             holders: f.sweep.holders(),
+            heads: f
+                .segs
+                .iter()
+                .filter(|s| s.located)
+                .map(|s| s.head0)
+                .collect(),
             writes: f.phase_guest.clone(),
             send_pages: f.send_pages,
             send_bytes: f.send_bytes,
@@ -836,6 +981,7 @@ impl Snapshot {
             && self.throttle == o.throttle
             && eq_t(self.ready_in, o.ready_in)
             && eq_t(self.tick_in, o.tick_in)
+            && self.heads.iter().zip(&o.heads).all(|(a, b)| eq(*a, *b))
             && self.dens.len() == o.dens.len()
             && self.dens.iter().zip(&o.dens).all(|(a, b)| eq(*a, *b))
             && self.bdens.iter().zip(&o.bdens).all(|(a, b)| eq(*a, *b))
@@ -956,7 +1102,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
             .collect(),
         version: 1,
         memo: std::cell::Cell::new((0, 0.0, 0.0)),
-        q: Vec::new(),
+        dirt: Vec::new(),
     };
     // Round 0: zero pages travel as markers, less those the guest writes before they are sent.
     let z = sc.vm.zero_page_fraction;
@@ -974,7 +1120,16 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
         zero_sent += zero;
     }
     f.send_bytes = f.segs.iter().map(|sg| sg.send_bytes).sum();
-    f.sweep = Sweep::new(&f.segs, mem);
+    // A cut buffer per piece holds the range ends of a few located scans; beyond that, scans
+    // sharing addresses are spread evenly.
+    let sweep = Sweep::new(&f.segs, mem);
+    for m in &sweep.members {
+        let located: Vec<usize> = m.iter().copied().filter(|&k| f.segs[k].located).collect();
+        for &k in located.iter().skip(MAX_LOCATED_MEMBERS) {
+            f.segs[k].located = false;
+        }
+    }
+    f.sweep = sweep;
 
     let setup = 2 * f.one_way;
     let max_time = (sc.limits.max_time_s * 1e9).round();
@@ -1346,6 +1501,25 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
         }
         final_pages = f.send_pages + dirty - overlap;
         final_bytes = f.send_bytes + (dirty - overlap) * f.page_wire;
+        if round == 0 && f.page_wire > f.zero_wire {
+            // Stopped in the first pass: the zero pages still ahead are those the guest has not
+            // written yet, not those it would have written before the pass reached them (all
+            // of them when the VM pauses at once, as stop-and-copy does).
+            let (pw, zw) = (f.page_wire, f.zero_wire);
+            let z = sc.vm.zero_page_fraction;
+            let mut more_zero = 0.0;
+            for (k, sg) in f.segs.iter().enumerate() {
+                let (ahead, ahead_b) = (f.sweep.ahead[k], f.sweep.ahead_b[k]);
+                if ahead <= 0.0 {
+                    continue;
+                }
+                let planned = ((ahead * pw - ahead_b) / (pw - zw)).max(0.0);
+                let written = (sg.memo_dirty.get() / sg.pages.max(1.0)).min(1.0);
+                more_zero += z * ahead * (1.0 - written) - planned;
+            }
+            final_bytes = (final_bytes - more_zero * (pw - zw)).max(0.0);
+            zero_sent += more_zero;
+        }
         let pause_ns = (sw.pause_ms * 1e6).round() as Nanos;
         let sync_ns = f.sync_cost(dirty).round() as Nanos;
         let wait = (ready - (at + pause_ns as f64 + sync_ns as f64)).max(0.0) as Nanos;
@@ -1407,7 +1581,40 @@ mod sweep_tests {
             send,
             send_bytes: send * wire,
             memo_dirty: std::cell::Cell::new(0.0),
+            located: false,
+            head0: 0.0,
         }
+    }
+
+    /// Send pages of segment `k` in `[lo, hi)` not yet swept, from the pieces.
+    fn ahead_ref(sw: &Sweep, k: usize, lo: f64, hi: f64, mem: f64) -> f64 {
+        let mut total = 0.0;
+        for p in &sw.pieces {
+            let (a, b) = (lo.max(p.lo), hi.min(p.hi));
+            let Some(j) = sw.members[p.elem as usize].iter().position(|&m| m == k) else {
+                continue;
+            };
+            // Cut the part where the sweep began and where it stands; classify each piece of
+            // it by its midpoint.
+            if b <= a {
+                continue;
+            }
+            let x = (sw.x0 + sw.s).rem_euclid(mem);
+            let mut cuts = vec![a, b];
+            cuts.extend([sw.x0, x].into_iter().filter(|&c| c > a && c < b));
+            cuts.sort_by(|p, q| p.total_cmp(q));
+            for w in cuts.windows(2) {
+                let (u, v) = (w[0], w[1]);
+                if v <= u {
+                    continue;
+                }
+                let off = ((u + v) / 2.0 - sw.x0).rem_euclid(mem);
+                if sw.s < mem && off >= sw.s {
+                    total += sw.dens[p.off as usize + j] * (v - u);
+                }
+            }
+        }
+        total
     }
 
     /// Per segment: send pages and bytes laid out in the pieces, and those the sweep has not
@@ -1475,15 +1682,35 @@ mod sweep_tests {
                 assert!(close(a.2, sw.ahead[k]), "step {step}: ahead of {k}");
                 assert!(close(a.3, sw.ahead_b[k]), "step {step}: ahead bytes of {k}");
             }
-            let q = [0.05 * unit(), 0.5 * unit(), 0.0];
+            // Segment 1 is a located scan: a run of it (wrapping at its end) is dirtied.
+            let mut run = seg(2_000.0, 500.0, 0.0, page_wire);
+            run.head0 = (500.0 * unit()).floor();
+            let dirt = [
+                Dirt {
+                    even: 0.05 * unit(),
+                    ..Dirt::default()
+                },
+                scan_run(&run, (600.0 * unit()).floor()),
+                Dirt::default(),
+            ];
             let expect: Vec<(f64, f64)> = (0..segs.len())
                 .map(|k| {
                     let (a, ab) = (sw.ahead[k], sw.ahead_b[k]);
-                    let new = q[k] * (segs[k].pages - a);
+                    let mut new = dirt[k].even * (segs[k].pages - a);
+                    for (lo, hi) in dirt[k].ranges {
+                        if hi > lo {
+                            let inside = ahead_ref(&sw, k, lo, hi, mem);
+                            assert!(
+                                close(inside, sw.ahead_in(k, lo, hi, mem)),
+                                "step {step}: ahead in [{lo}, {hi})"
+                            );
+                            new += (hi - lo) - inside;
+                        }
+                    }
                     (a + new, ab + new * page_wire)
                 })
                 .collect();
-            sw.harvest(&q, false, page_wire, mem, &mut segs);
+            sw.harvest(&dirt, false, page_wire, mem, &mut segs);
             max_pieces = max_pieces.max(sw.pieces.len());
             let lay = layout(&sw, segs.len(), mem);
             for k in 0..segs.len() {
