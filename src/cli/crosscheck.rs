@@ -39,8 +39,9 @@ pub struct CrosscheckArgs {
     pub noise_floor_all: bool,
 }
 
-/// The cross-check grid: every workload kind at several rates, links from 100 Mbit/s to
-/// 25 Gbit/s, two memory sizes, and the round-based and QEMU-family policies.
+/// The cross-check grid: every workload kind at several rates (a scan both slower and faster
+/// than the link), links from 100 Mbit/s to 25 Gbit/s, three memory sizes, and the round-based,
+/// QEMU and adaptive policies.
 pub fn grid() -> Vec<Scenario> {
     let links: [f64; 5] = [1e8, 1e9, 2.5e9, 1e10, 2.5e10];
     let mems = [GIB / 2, GIB, 4 * GIB];
@@ -98,6 +99,14 @@ pub fn grid() -> Vec<Scenario> {
                 WorkloadSpec::Scan(ScanSpec {
                     wss: Some(ByteSize(mem / 16)),
                     rate_pps: (0.05 * link_pps).round(),
+                    offset: ByteSize(0),
+                }),
+            ));
+            wls.push((
+                "scan-fast".into(),
+                WorkloadSpec::Scan(ScanSpec {
+                    wss: Some(ByteSize(mem / 4)),
+                    rate_pps: (1.6 * link_pps).round(),
                     offset: ByteSize(0),
                 }),
             ));
