@@ -64,11 +64,9 @@ struct Seg {
     send_bytes: f64,
     /// Distinct dirty pages as last computed by `dirty_overlap` (reused by `harvest`).
     memo_dirty: std::cell::Cell<f64>,
-    /// A sequential scan whose position is tracked (one-phase workloads outside analytic
-    /// mode): the pages it dirtied since the last harvest are the run behind its head, not an
-    /// even spread. `head0` is the head's offset in the segment at the last harvest.
+    /// A sequential scan whose position is tracked (outside analytic mode): the pages it
+    /// dirtied since the last harvest are the runs its head covered, not an even spread.
     located: bool,
-    head0: f64,
 }
 
 impl Seg {
@@ -96,25 +94,42 @@ impl Seg {
     }
 }
 
-/// The run of pages a located scan dirtied with `n` writes since its head stood at `head0`:
-/// all of its segment once it has gone round.
-fn scan_run(sg: &Seg, n: f64) -> Dirt {
-    let (a, w) = (sg.first, sg.pages);
+/// The pages a scan over `[a, a + w)` dirtied in the given runs of its write count (the head is
+/// at page `a + e mod w` after `e` writes), as disjoint address ranges.
+fn scan_dirt(a: f64, w: f64, runs: &[(f64, f64)]) -> Dirt {
+    let mut parts: [(f64, f64); 8] = [(0.0, 0.0); 8];
+    let mut n = 0;
+    for &(e0, e1) in runs {
+        if e1 <= e0 {
+            continue;
+        }
+        if e1 - e0 >= w {
+            let mut d = Dirt::default();
+            d.ranges[0] = (a, a + w);
+            return d;
+        }
+        let start = e0.rem_euclid(w);
+        let end = start + (e1 - e0);
+        if end <= w {
+            parts[n] = (start, end);
+            n += 1;
+        } else {
+            parts[n] = (start, w);
+            parts[n + 1] = (0.0, end - w);
+            n += 2;
+        }
+    }
+    let parts = &mut parts[..n];
+    parts.sort_by(|x, y| x.0.total_cmp(&y.0));
     let mut d = Dirt::default();
-    if n <= 0.0 {
-        return d;
-    }
-    if n >= w {
-        d.ranges[0] = (a, a + w);
-        return d;
-    }
-    let start = a + sg.head0;
-    let end = start + n;
-    if end <= a + w {
-        d.ranges[0] = (start, end);
-    } else {
-        d.ranges[0] = (start, a + w);
-        d.ranges[1] = (a, end - w);
+    let mut m = 0;
+    for &(lo, hi) in parts.iter() {
+        if m > 0 && a + lo <= d.ranges[m - 1].1 {
+            d.ranges[m - 1].1 = d.ranges[m - 1].1.max(a + hi);
+        } else {
+            d.ranges[m] = (a + lo, a + hi);
+            m += 1;
+        }
     }
     d
 }
@@ -131,7 +146,6 @@ fn class_segments(c: &Class, phase: usize, analytic: bool, out: &mut Vec<Seg>) {
         send_bytes: 0.0,
         memo_dirty: std::cell::Cell::new(0.0),
         located: false,
-        head0: 0.0,
     };
     match (analytic, c.pattern) {
         (true, _) => out.push(seg(
@@ -247,11 +261,10 @@ fn segments(phases: &[Vec<Class>], mem: u64, analytic: bool) -> Vec<Seg> {
             send_bytes: 0.0,
             memo_dirty: std::cell::Cell::new(0.0),
             located: false,
-            head0: 0.0,
         });
     }
     for sg in &mut segs {
-        sg.located = sg.curve == Curve::Sequential && phases.len() <= 1;
+        sg.located = sg.curve == Curve::Sequential;
         if sg.phase == 0 || sg.phase == usize::MAX {
             sg.send = sg.pages;
         }
@@ -274,11 +287,13 @@ struct Piece {
 /// What a harvest adds to one segment's send set.
 #[derive(Clone, Copy, Debug, Default)]
 struct Dirt {
+    /// Distinct pages of the segment dirtied.
+    pages: f64,
     /// Share of the segment's pages dirtied, spread evenly over it.
     even: f64,
-    /// Address ranges dirtied in full (a scan's run since the last harvest); a range with
-    /// `hi <= lo` is empty.
-    ranges: [(f64, f64); 2],
+    /// Disjoint address ranges dirtied in full (a scan's runs since the last harvest); a
+    /// range with `hi <= lo` is empty.
+    ranges: [(f64, f64); 4],
 }
 
 impl Dirt {
@@ -321,6 +336,13 @@ struct Sweep {
     /// Per segment: send-set pages and bytes still ahead of the sweep in this iteration.
     ahead: Vec<f64>,
     ahead_b: Vec<f64>,
+    /// Per elementary interval: its bounds, and send-set pages still ahead of the sweep.
+    elem_lo: Vec<f64>,
+    elem_hi: Vec<f64>,
+    ahead_e: Vec<f64>,
+    /// Some elementary interval is written by more than one segment (their dirty sets are
+    /// then combined as independent events per page, not added).
+    overlapping: bool,
     /// Where this iteration's sweep began, and how far it has gone (pages of address space).
     x0: f64,
     s: f64,
@@ -360,6 +382,10 @@ impl Sweep {
             btot: Vec::new(),
             ahead: vec![0.0; segs.len()],
             ahead_b: vec![0.0; segs.len()],
+            elem_lo: cuts[..n].to_vec(),
+            elem_hi: cuts[1..].to_vec(),
+            ahead_e: vec![0.0; n],
+            overlapping: false,
             x0: 0.0,
             s: 0.0,
             at: 0,
@@ -384,11 +410,16 @@ impl Sweep {
             });
             sw.tot.push(t);
             sw.btot.push(bt);
+            sw.ahead_e[i] = t * (cuts[i + 1] - cuts[i]);
         }
         for (k, sg) in segs.iter().enumerate() {
             sw.ahead[k] = sg.send;
             sw.ahead_b[k] = sg.send_bytes;
         }
+        sw.overlapping = sw
+            .members
+            .iter()
+            .any(|m| m.iter().filter(|&&k| segs[k].rate > 0.0).count() > 1);
         sw
     }
 
@@ -411,6 +442,7 @@ impl Sweep {
                     self.ahead[k] -= step * self.dens[off + j];
                     self.ahead_b[k] -= step * self.bdens[off + j];
                 }
+                self.ahead_e[pc.elem as usize] -= step * self.tot[i];
             }
             self.s += step;
             if need < room {
@@ -444,6 +476,7 @@ impl Sweep {
         self.at = if end >= mem { self.at } else { end_at };
         self.ahead.iter_mut().for_each(|a| *a = 0.0);
         self.ahead_b.iter_mut().for_each(|a| *a = 0.0);
+        self.ahead_e.iter_mut().for_each(|a| *a = 0.0);
         pages
     }
 
@@ -501,7 +534,7 @@ impl Sweep {
             // Cut at the sweep's start and end so each part is wholly swept or wholly ahead,
             // and at the ends of dirtied ranges so each is wholly inside or outside them.
             let mems = &self.members[pc.elem as usize];
-            let mut cuts = [pc.hi; 2 + 4 * MAX_LOCATED_MEMBERS + 1];
+            let mut cuts = [pc.hi; 2 + 8 * MAX_LOCATED_MEMBERS + 1];
             cuts[0] = pc.lo;
             let mut nc = 1;
             let mut add_cut = |c: f64| {
@@ -533,18 +566,40 @@ impl Sweep {
                 let swept = full || wrap(mid - x0 + mem, mem) < s;
                 let start = nd.len();
                 let (mut t, mut bt) = (0.0, 0.0);
+                // Each member's chance that a page here was dirtied; a page joins the send set
+                // when any member dirtied it and it is not in it already (the new pages are
+                // credited to the members in proportion to their chances).
+                let share = |k: usize| {
+                    let dk = &dirt[k];
+                    if dk.covers(mid) {
+                        1.0
+                    } else {
+                        dk.even
+                    }
+                };
+                let (mut keep, mut sum, mut ahead) = (1.0, 0.0, 0.0);
+                for (j, &k) in mems.iter().enumerate() {
+                    let q = share(k);
+                    keep *= 1.0 - q.min(1.0);
+                    sum += q;
+                    if !swept {
+                        ahead += self.dens[off + j];
+                    }
+                }
+                let fresh = (1.0 - keep) * (1.0 - ahead.min(1.0));
                 for (j, &k) in mems.iter().enumerate() {
                     let (a, ab) = if swept {
                         (0.0, 0.0)
                     } else {
                         (self.dens[off + j], self.bdens[off + j])
                     };
-                    let dk = &dirt[k];
-                    let share = if dk.covers(mid) { 1.0 } else { dk.even };
+                    let q = share(k);
                     let add = if analytic {
-                        share
+                        q
+                    } else if sum > 0.0 {
+                        fresh * q / sum
                     } else {
-                        share * (1.0 - a.min(1.0))
+                        0.0
                     };
                     let (d, b) = (a + add, ab + add * page_wire);
                     nd.push(d);
@@ -590,6 +645,10 @@ impl Sweep {
         for (k, sg) in segs.iter().enumerate() {
             self.ahead[k] = sg.send;
             self.ahead_b[k] = sg.send_bytes;
+        }
+        self.ahead_e.iter_mut().for_each(|a| *a = 0.0);
+        for (p, &t) in self.pieces.iter().zip(&self.tot) {
+            self.ahead_e[p.elem as usize] += t * (p.hi - p.lo);
         }
         self.x0 = x;
         self.s = 0.0;
@@ -691,6 +750,11 @@ impl Sweep {
 
     /// Send-set pages of segment `k` in `[lo, hi)` that the sweep has not passed yet.
     fn ahead_in(&self, k: usize, lo: f64, hi: f64, mem: f64) -> f64 {
+        self.ahead_of(Some(k), lo, hi, mem)
+    }
+
+    /// As [`Sweep::ahead_in`], for segment `k` or (`None`) every segment.
+    fn ahead_of(&self, k: Option<usize>, lo: f64, hi: f64, mem: f64) -> f64 {
         let (x0, s) = (self.x0, self.s);
         let swept = |a: f64, b: f64| {
             let cover = |c: f64, d: f64| (b.min(d) - a.max(c)).max(0.0);
@@ -704,17 +768,23 @@ impl Sweep {
         };
         let mut total = 0.0;
         let first = self.pieces.partition_point(|p| p.hi <= lo);
-        for p in &self.pieces[first..] {
+        for (i, p) in self.pieces.iter().enumerate().skip(first) {
             if p.lo >= hi {
                 break;
             }
-            let mems = &self.members[p.elem as usize];
-            let Some(j) = mems.iter().position(|&m| m == k) else {
-                continue;
+            let density = match k {
+                None => self.tot[i],
+                Some(k) => {
+                    let mems = &self.members[p.elem as usize];
+                    let Some(j) = mems.iter().position(|&m| m == k) else {
+                        continue;
+                    };
+                    self.dens[p.off as usize + j]
+                }
             };
             let (a, b) = (lo.max(p.lo), hi.min(p.hi));
             if b > a {
-                total += self.dens[p.off as usize + j] * (b - a - swept(a, b));
+                total += density * (b - a - swept(a, b));
             }
         }
         total
@@ -752,8 +822,10 @@ struct Fluid<'a> {
     /// Bumped whenever writes or the sweep move; `memo` holds (version, dirty, overlap).
     version: u64,
     memo: std::cell::Cell<(u64, f64, f64)>,
-    /// Scratch: what each segment dirtied since the last harvest.
-    dirt: Vec<Dirt>,
+    /// What each segment dirtied since the last harvest, as of the memoised state.
+    seg_dirt: std::cell::RefCell<Vec<Dirt>>,
+    /// Per phase: its latest instance and the guest time into it at the last harvest.
+    harvest_at: Vec<(i64, f64)>,
 }
 
 impl Fluid<'_> {
@@ -763,6 +835,64 @@ impl Fluid<'_> {
         self.phase_guest
             .get(sg.phase)
             .map_or(0.0, |g| sg.rate * g / 1e9)
+    }
+
+    /// Phase `p`'s latest instance begun by guest time `guest` (−1: none yet) and the guest
+    /// time spent in it (ns). Each instance restarts its classes' streams.
+    fn phase_instance(&self, p: usize, guest: f64) -> (i64, f64) {
+        let n = self.phases.len();
+        if n <= 1 {
+            return (0, guest);
+        }
+        let start: f64 = self.phases[..p].iter().map(|&d| d as f64).sum();
+        let dur = self.phases[p] as f64;
+        if !self.repeat {
+            return if guest < start {
+                (-1, 0.0)
+            } else if p == n - 1 {
+                (0, guest - start)
+            } else {
+                (0, (guest - start).min(dur))
+            };
+        }
+        let period: f64 = self.phases.iter().map(|&d| d as f64).sum();
+        let c = (guest / period).floor();
+        let r = guest - c * period;
+        if r >= start {
+            (c as i64, (r - start).min(dur))
+        } else if c >= 1.0 {
+            (c as i64 - 1, dur)
+        } else {
+            (-1, 0.0)
+        }
+    }
+
+    /// What a located scan dirtied since the last harvest: the run its head covered in the
+    /// phase instance that was running then, and in the instances begun since (each starts at
+    /// the segment's first page).
+    fn scan_dirt(&self, sg: &Seg, guest_ns: f64) -> Dirt {
+        let p = sg.phase;
+        if p >= self.harvest_at.len() {
+            return Dirt::default();
+        }
+        let r = sg.rate / 1e9;
+        let (id0, l0) = self.harvest_at[p];
+        let (id1, l1) = self.phase_instance(p, guest_ns);
+        let dur = self.phases[p] as f64;
+        let runs: [(f64, f64); 2] = if id1 < 0 {
+            [(0.0, 0.0); 2]
+        } else if id1 == id0 {
+            [(r * l0, r * l1), (0.0, 0.0)]
+        } else {
+            let first = if id0 >= 0 {
+                (r * l0, r * dur)
+            } else {
+                (0.0, 0.0)
+            };
+            let later = if id1 - id0 >= 2 { r * dur } else { r * l1 };
+            [first, (0.0, later)]
+        };
+        scan_dirt(sg.first, sg.pages, &runs)
     }
 
     fn phase_at(&self, guest: f64) -> (usize, f64) {
@@ -793,33 +923,93 @@ impl Fluid<'_> {
         if v == self.version {
             return (d, o);
         }
+        let mut dirt = self.seg_dirt.take();
+        let (dirty, overlap) = self.dirty_with(0.0, &mut dirt);
+        for (sg, dk) in self.segs.iter().zip(&dirt) {
+            sg.memo_dirty.set(dk.pages);
+        }
+        self.seg_dirt.replace(dirt);
+        self.memo.set((self.version, dirty, overlap));
+        (dirty, overlap)
+    }
+
+    /// [`Fluid::dirty_overlap`] after `extra` more ns of guest time in the current phase
+    /// (without moving the sweep); fills `dirt` with what each segment dirtied.
+    fn dirty_with(&self, extra: f64, dirt: &mut Vec<Dirt>) -> (f64, f64) {
         let (mut dirty, mut overlap) = (0.0, 0.0);
         let mem = self.mem;
-        for (k, (sg, &ahead)) in self.segs.iter().zip(&self.sweep.ahead).enumerate() {
-            let n = self.writes(sg);
+        let sw = &self.sweep;
+        let apart = !sw.overlapping || self.analytic;
+        dirt.clear();
+        for (k, (sg, &ahead)) in self.segs.iter().zip(&sw.ahead).enumerate() {
+            let n = self.writes(sg) + sg.rate * extra / 1e9;
             if n <= 0.0 {
-                sg.memo_dirty.set(0.0);
+                dirt.push(Dirt::default());
                 continue;
             }
-            let d = sg.distinct(n);
-            sg.memo_dirty.set(d);
-            dirty += d;
+            let mut dk = Dirt::default();
+            if sg.located {
+                dk = self.scan_dirt(sg, self.guest_ns + extra);
+                dk.pages = dk.ranges.iter().map(|&(lo, hi)| (hi - lo).max(0.0)).sum();
+            } else {
+                dk.pages = sg.distinct(n);
+                dk.even = dk.pages / sg.pages.max(1.0);
+            }
+            dirt.push(dk);
+            if !apart {
+                continue;
+            }
+            dirty += dk.pages;
             if self.analytic || ahead <= 0.0 {
                 continue;
             }
             if sg.located {
-                for (lo, hi) in scan_run(sg, n).ranges {
+                for (lo, hi) in dk.ranges {
                     if hi > lo {
-                        overlap += self.sweep.ahead_in(k, lo, hi, mem);
+                        overlap += sw.ahead_in(k, lo, hi, mem);
                     }
                 }
             } else {
-                overlap += d * (ahead / sg.pages).min(1.0);
+                overlap += dk.pages * (ahead / sg.pages).min(1.0);
+            }
+        }
+        if !apart {
+            // Per elementary interval: a page is dirty unless no segment over it dirtied it.
+            for (e, mems) in sw.members.iter().enumerate() {
+                let (lo, hi) = (sw.elem_lo[e], sw.elem_hi[e]);
+                let mut keep = 1.0;
+                let mut runs: [(f64, f64); 4 * MAX_LOCATED_MEMBERS] =
+                    [(0.0, 0.0); 4 * MAX_LOCATED_MEMBERS];
+                let mut nr = 0;
+                for &k in mems {
+                    let dk = &dirt[k];
+                    keep *= 1.0 - dk.even.min(1.0);
+                    for &(a, b) in &dk.ranges {
+                        let (a, b) = (a.max(lo), b.min(hi));
+                        if b > a && nr < runs.len() {
+                            runs[nr] = (a, b);
+                            nr += 1;
+                        }
+                    }
+                }
+                let runs = &mut runs[..nr];
+                runs.sort_by(|x, y| x.0.total_cmp(&y.0));
+                let (mut in_runs, mut ahead_runs, mut reach) = (0.0, 0.0, lo);
+                for &(a, b) in runs.iter() {
+                    let a = a.max(reach);
+                    if b > a {
+                        in_runs += b - a;
+                        ahead_runs += sw.ahead_of(None, a, b, mem);
+                        reach = b;
+                    }
+                }
+                let even = 1.0 - keep;
+                dirty += (hi - lo) * even + (1.0 - even) * in_runs;
+                overlap += even * sw.ahead_e[e].max(0.0) + (1.0 - even) * ahead_runs;
             }
         }
         let dirty = dirty.min(mem);
         let overlap = overlap.min(dirty);
-        self.memo.set((self.version, dirty, overlap));
         (dirty, overlap)
     }
 
@@ -861,23 +1051,7 @@ impl Fluid<'_> {
     fn harvest(&mut self, dirty: f64, overlap: f64) -> f64 {
         self.dirty_overlap(); // per-segment counts for this state
         self.version += 1;
-        let mut dirt = std::mem::take(&mut self.dirt);
-        dirt.clear();
-        for sg in self.segs.iter_mut() {
-            let n = self
-                .phase_guest
-                .get(sg.phase)
-                .map_or(0.0, |g| sg.rate * g / 1e9);
-            if sg.located && !self.analytic {
-                dirt.push(scan_run(sg, n));
-                sg.head0 = (sg.head0 + n) % sg.pages.max(1.0);
-            } else {
-                dirt.push(Dirt {
-                    even: sg.memo_dirty.get() / sg.pages.max(1.0),
-                    ..Dirt::default()
-                });
-            }
-        }
+        let dirt = self.seg_dirt.take();
         self.sweep.harvest(
             &dirt,
             self.analytic,
@@ -885,7 +1059,10 @@ impl Fluid<'_> {
             self.mem,
             &mut self.segs,
         );
-        self.dirt = dirt;
+        self.seg_dirt.replace(dirt);
+        for p in 0..self.harvest_at.len() {
+            self.harvest_at[p] = self.phase_instance(p, self.guest_ns);
+        }
         self.phase_guest.iter_mut().for_each(|g| *g = 0.0);
         let new = dirty - overlap;
         self.send_bytes += new * self.page_wire;
@@ -949,7 +1126,7 @@ impl Snapshot {
                 .segs
                 .iter()
                 .filter(|s| s.located)
-                .map(|s| s.head0)
+                .map(|s| (s.rate / 1e9 * f.harvest_at[s.phase].1).rem_euclid(s.pages.max(1.0)))
                 .collect(),
             writes: f.phase_guest.clone(),
             send_pages: f.send_pages,
@@ -1102,8 +1279,12 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
             .collect(),
         version: 1,
         memo: std::cell::Cell::new((0, 0.0, 0.0)),
-        dirt: Vec::new(),
+        seg_dirt: Default::default(),
+        harvest_at: Vec::new(),
     };
+    f.harvest_at = (0..f.phase_rate.len())
+        .map(|p| f.phase_instance(p, 0.0))
+        .collect();
     // Round 0: zero pages travel as markers, less those the guest writes before they are sent.
     let z = sc.vm.zero_page_fraction;
     let mut zero0 = z * mem;
@@ -1448,15 +1629,11 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                     let bytes_per_tick = p * precopy_bps / 8e9;
                     let gdt = p * (1.0 - f.throttle) / 1e9;
                     let fr = &f;
+                    let scratch = std::cell::RefCell::new(Vec::new());
                     let dirty_at = move |j: u64| -> u64 {
-                        let jg = j as f64 * gdt;
-                        let d: f64 = fr
-                            .segs
-                            .iter()
-                            .filter(|sg| sg.phase == 0)
-                            .map(|sg| sg.distinct(fr.writes(sg) + sg.rate * jg))
-                            .sum();
-                        d.min(fr.mem).round() as u64
+                        let extra = j as f64 * gdt * 1e9;
+                        let d = fr.dirty_with(extra, &mut scratch.borrow_mut()).0;
+                        d.round() as u64
                     };
                     let fc = SteadyTicks {
                         period_ns: p as u64,
@@ -1582,7 +1759,6 @@ mod sweep_tests {
             send_bytes: send * wire,
             memo_dirty: std::cell::Cell::new(0.0),
             located: false,
-            head0: 0.0,
         }
     }
 
@@ -1678,19 +1854,29 @@ mod sweep_tests {
             let after = layout(&sw, segs.len(), mem);
             let gone: f64 = before.iter().zip(&after).map(|(b, a)| b.2 - a.2).sum();
             assert!(close(pages, gone), "step {step}: sent {pages} vs {gone}");
+            for e in 0..sw.members.len() {
+                let (lo, hi) = (sw.elem_lo[e], sw.elem_hi[e]);
+                let want: f64 = (0..segs.len())
+                    .map(|k| ahead_ref(&sw, k, lo, hi, mem))
+                    .sum();
+                assert!(
+                    close(want, sw.ahead_e[e]),
+                    "step {step}: ahead in interval {e}"
+                );
+            }
             for (k, a) in after.iter().enumerate() {
                 assert!(close(a.2, sw.ahead[k]), "step {step}: ahead of {k}");
                 assert!(close(a.3, sw.ahead_b[k]), "step {step}: ahead bytes of {k}");
             }
             // Segment 1 is a located scan: a run of it (wrapping at its end) is dirtied.
-            let mut run = seg(2_000.0, 500.0, 0.0, page_wire);
-            run.head0 = (500.0 * unit()).floor();
+            let head0 = (500.0 * unit()).floor();
+            let n = (600.0 * unit()).floor();
             let dirt = [
                 Dirt {
                     even: 0.05 * unit(),
                     ..Dirt::default()
                 },
-                scan_run(&run, (600.0 * unit()).floor()),
+                scan_dirt(2_000.0, 500.0, &[(head0, head0 + n)]),
                 Dirt::default(),
             ];
             let expect: Vec<(f64, f64)> = (0..segs.len())
