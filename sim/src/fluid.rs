@@ -577,16 +577,18 @@ impl Sweep {
                         dk.even
                     }
                 };
-                let (mut keep, mut sum, mut ahead) = (1.0, 0.0, 0.0);
+                // (1 − Π(1 − q) accumulated as D += q(1 − D): exact for one member, and no
+                // cancellation when the chances are small.)
+                let (mut any, mut sum, mut ahead) = (0.0, 0.0, 0.0);
                 for (j, &k) in mems.iter().enumerate() {
                     let q = share(k);
-                    keep *= 1.0 - q.min(1.0);
+                    any += q.min(1.0) * (1.0 - any);
                     sum += q;
                     if !swept {
                         ahead += self.dens[off + j];
                     }
                 }
-                let fresh = (1.0 - keep) * (1.0 - ahead.min(1.0));
+                let fresh = any * (1.0 - ahead.min(1.0));
                 for (j, &k) in mems.iter().enumerate() {
                     let (a, ab) = if swept {
                         (0.0, 0.0)
@@ -977,13 +979,13 @@ impl Fluid<'_> {
             // Per elementary interval: a page is dirty unless no segment over it dirtied it.
             for (e, mems) in sw.members.iter().enumerate() {
                 let (lo, hi) = (sw.elem_lo[e], sw.elem_hi[e]);
-                let mut keep = 1.0;
+                let mut even = 0.0;
                 let mut runs: [(f64, f64); 4 * MAX_LOCATED_MEMBERS] =
                     [(0.0, 0.0); 4 * MAX_LOCATED_MEMBERS];
                 let mut nr = 0;
                 for &k in mems {
                     let dk = &dirt[k];
-                    keep *= 1.0 - dk.even.min(1.0);
+                    even += dk.even.min(1.0) * (1.0 - even);
                     for &(a, b) in &dk.ranges {
                         let (a, b) = (a.max(lo), b.min(hi));
                         if b > a && nr < runs.len() {
@@ -1003,7 +1005,6 @@ impl Fluid<'_> {
                         reach = b;
                     }
                 }
-                let even = 1.0 - keep;
                 dirty += (hi - lo) * even + (1.0 - even) * in_runs;
                 overlap += even * sw.ahead_e[e].max(0.0) + (1.0 - even) * ahead_runs;
             }
