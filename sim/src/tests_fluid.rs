@@ -27,6 +27,27 @@ fn uniform(wss: u64, rate: f64) -> WorkloadSpec {
     })
 }
 
+/// `s` in fluid mode.
+fn fluid_of(s: &Scenario) -> RunResult {
+    let mut sf = s.clone();
+    sf.mode = Mode::Fluid;
+    simulate(&sf.check().unwrap(), 0)
+}
+
+/// `s` in exact mode (as given) and in fluid mode.
+fn exact_and_fluid(s: &Scenario) -> (RunResult, RunResult) {
+    (simulate(&s.clone().check().unwrap(), 0), fluid_of(s))
+}
+
+/// A scan over all memory at 1.6× the page rate of a link of `bps`.
+fn fast_scan(bps: f64) -> WorkloadSpec {
+    WorkloadSpec::Scan(ScanSpec {
+        wss: None,
+        rate_pps: (1.6 * bps / 8.0 / 4104.0).round(),
+        offset: ByteSize(0),
+    })
+}
+
 fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-300)
 }
@@ -284,10 +305,7 @@ fn a_stop_in_the_first_pass_counts_pages_dirtied_behind_the_sender() {
         uniform(64 * MIB, 76_000.0),
         PolicySpec::Qemu(QemuSpec::default()),
     );
-    let exact = simulate(&s.clone().check().unwrap(), 0);
-    let mut sf = s;
-    sf.mode = Mode::Fluid;
-    let fluid = simulate(&sf.check().unwrap(), 0);
+    let (exact, fluid) = exact_and_fluid(&s);
     assert_eq!(exact.report.rounds, 1);
     assert_eq!(fluid.report.rounds, 1);
     let r0 = &fluid.rounds[0];
@@ -326,9 +344,7 @@ fn zipf_rounds_follow_the_exact_engine_on_average() {
             *m += rr.pages_dirtied as f64 / seeds.len() as f64;
         }
     }
-    let mut sf = s;
-    sf.mode = Mode::Fluid;
-    let fluid = simulate(&sf.check().unwrap(), 0);
+    let fluid = fluid_of(&s);
     for (i, (m, f)) in mean.iter().zip(&fluid.rounds).enumerate() {
         assert!(
             rel(f.pages_dirtied as f64, *m) < 0.02,
@@ -369,9 +385,7 @@ fn a_mid_pass_sync_leaves_the_rest_of_the_pass_ahead_of_the_sender() {
             let r = simulate(&se.check().unwrap(), 0);
             exact += r.report.downtime_ns().unwrap() as f64 / seeds.len() as f64;
         }
-        let mut sf = s;
-        sf.mode = Mode::Fluid;
-        let fluid = simulate(&sf.check().unwrap(), 0);
+        let fluid = fluid_of(&s);
         let f = fluid.report.downtime_ns().unwrap() as f64;
         assert!(
             rel(f, exact) < 0.02,
@@ -388,17 +402,9 @@ fn a_scan_dirties_the_run_behind_its_head() {
     // its head, which the sender meets as one block. Spread evenly instead, the adaptive
     // policy found a floor half as deep as the exact engine's and stopped at half its
     // downtime.
-    let link_pps: f64 = 1e9 / 8.0 / 4104.0;
-    let w = WorkloadSpec::Scan(ScanSpec {
-        wss: None,
-        rate_pps: (1.6 * link_pps).round(),
-        offset: ByteSize(0),
-    });
+    let w = fast_scan(1e9);
     let s = scenario(GIB, 1e9, w, PolicySpec::by_name("adaptive").unwrap());
-    let exact = simulate(&s.clone().check().unwrap(), 0);
-    let mut sf = s;
-    sf.mode = Mode::Fluid;
-    let fluid = simulate(&sf.check().unwrap(), 0);
+    let (exact, fluid) = exact_and_fluid(&s);
     let (e, f) = (&exact.report, &fluid.report);
     let (ed, fd) = (
         e.downtime_ns().unwrap() as f64,
@@ -422,17 +428,9 @@ fn a_scan_dirties_the_run_behind_its_head() {
 fn stop_and_copy_sends_every_zero_page_as_a_marker() {
     // The VM pauses before the guest writes anything, so all its zero pages are still zero,
     // however fast the workload would have written them during a live pass.
-    let link_pps: f64 = 1e9 / 8.0 / 4104.0;
-    let w = WorkloadSpec::Scan(ScanSpec {
-        wss: None,
-        rate_pps: (1.6 * link_pps).round(),
-        offset: ByteSize(0),
-    });
+    let w = fast_scan(1e9);
     let s = scenario(GIB, 1e9, w, PolicySpec::by_name("stop-and-copy").unwrap());
-    let exact = simulate(&s.clone().check().unwrap(), 0);
-    let mut sf = s;
-    sf.mode = Mode::Fluid;
-    let fluid = simulate(&sf.check().unwrap(), 0);
+    let (exact, fluid) = exact_and_fluid(&s);
     let (e, f) = (&exact.report, &fluid.report);
     assert!(e.zero_pages_sent > 0);
     assert!(
@@ -475,10 +473,7 @@ fn phases_that_write_the_same_pages_dirty_them_once() {
     });
     for policy in ["xen-v2", "hyperv-2012r2"] {
         let s = scenario(GIB, 1e9, w.clone(), PolicySpec::by_name(policy).unwrap());
-        let exact = simulate(&s.clone().check().unwrap(), 0);
-        let mut sf = s;
-        sf.mode = Mode::Fluid;
-        let fluid = simulate(&sf.check().unwrap(), 0);
+        let (exact, fluid) = exact_and_fluid(&s);
         let (e0, f0) = (&exact.rounds[0], &fluid.rounds[0]);
         assert!(
             rel(f0.pages_dirtied as f64, e0.pages_dirtied as f64) < 0.02,
