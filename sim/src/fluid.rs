@@ -303,6 +303,38 @@ impl Dirt {
     }
 }
 
+/// Append a rebuilt part (its member densities already at `part.off` in `nd`/`nb`, totals
+/// `tot`) to the new layout, or widen the previous piece when nothing tells them apart.
+fn push_part((np, nd, nb, nt, nbt): LayoutRefs, part: Piece, members: usize, tot: (f64, f64)) {
+    let start = part.off as usize;
+    if let Some(last) = np.last_mut() {
+        let prev = last.off as usize;
+        let eq = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs());
+        if last.elem == part.elem
+            && last.hi == part.lo
+            && (0..members)
+                .all(|j| eq(nd[prev + j], nd[start + j]) && eq(nb[prev + j], nb[start + j]))
+        {
+            last.hi = part.hi;
+            nd.truncate(start);
+            nb.truncate(start);
+            return;
+        }
+    }
+    np.push(part);
+    nt.push(tot.0);
+    nbt.push(tot.1);
+}
+
+/// Mutable views of a layout being built (see [`LayoutBuffers`]).
+type LayoutRefs<'a> = (
+    &'a mut Vec<Piece>,
+    &'a mut Vec<f64>,
+    &'a mut Vec<f64>,
+    &'a mut Vec<f64>,
+    &'a mut Vec<f64>,
+);
+
 /// `x` brought into [0, mem) for 0 ≤ x < 2·mem (a position at most one turn past the start).
 #[inline]
 fn wrap(x: f64, mem: f64) -> f64 {
@@ -534,6 +566,48 @@ impl Sweep {
             // Cut at the sweep's start and end so each part is wholly swept or wholly ahead,
             // and at the ends of dirtied ranges so each is wholly inside or outside them.
             let mems = &self.members[pc.elem as usize];
+            if let [k] = mems[..] {
+                // One segment here and nothing cutting the piece: the general path below with
+                // one member and one part, in the same arithmetic.
+                let dk = &dirt[k];
+                let inside = |c: f64| c > pc.lo && c < pc.hi;
+                if !inside(x0) && !inside(x) && dk.ranges[0].1 <= dk.ranges[0].0 {
+                    let (lo, hi) = (pc.lo, pc.hi);
+                    let off = pc.off as usize;
+                    let swept = full || wrap(0.5 * (lo + hi) - x0 + mem, mem) < s;
+                    let (a, ab) = if swept {
+                        (0.0, 0.0)
+                    } else {
+                        (self.dens[off], self.bdens[off])
+                    };
+                    let q = dk.even;
+                    let add = if analytic {
+                        q
+                    } else if q > 0.0 {
+                        q.min(1.0) * (1.0 - a.min(1.0)) * q / q
+                    } else {
+                        0.0
+                    };
+                    let (d, b) = (a + add, ab + add * page_wire);
+                    let start = nd.len();
+                    nd.push(d);
+                    nb.push(b);
+                    segs[k].send += d * (hi - lo);
+                    segs[k].send_bytes += b * (hi - lo);
+                    push_part(
+                        (&mut np, &mut nd, &mut nb, &mut nt, &mut nbt),
+                        Piece {
+                            lo,
+                            hi,
+                            elem: pc.elem,
+                            off: start as u32,
+                        },
+                        1,
+                        (0.0 + d, 0.0 + b),
+                    );
+                    continue;
+                }
+            }
             let mut cuts = [pc.hi; 2 + 8 * MAX_LOCATED_MEMBERS + 1];
             cuts[0] = pc.lo;
             let mut nc = 1;
@@ -611,30 +685,17 @@ impl Sweep {
                     segs[k].send += d * (hi - lo);
                     segs[k].send_bytes += b * (hi - lo);
                 }
-                // Merge with the previous part when nothing tells them apart.
-                if let Some(last) = np.last_mut() {
-                    let prev = last.off as usize;
-                    let eq = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs());
-                    if last.elem == pc.elem
-                        && last.hi == lo
-                        && (0..mems.len()).all(|j| {
-                            eq(nd[prev + j], nd[start + j]) && eq(nb[prev + j], nb[start + j])
-                        })
-                    {
-                        last.hi = hi;
-                        nd.truncate(start);
-                        nb.truncate(start);
-                        continue;
-                    }
-                }
-                np.push(Piece {
-                    lo,
-                    hi,
-                    elem: pc.elem,
-                    off: start as u32,
-                });
-                nt.push(t);
-                nbt.push(bt);
+                push_part(
+                    (&mut np, &mut nd, &mut nb, &mut nt, &mut nbt),
+                    Piece {
+                        lo,
+                        hi,
+                        elem: pc.elem,
+                        off: start as u32,
+                    },
+                    mems.len(),
+                    (t, bt),
+                );
             }
         }
         self.cap_pieces(&mut np, &mut nd, &mut nb, &mut nt, &mut nbt, page_wire);
