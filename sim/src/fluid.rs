@@ -571,7 +571,11 @@ impl Sweep {
                 // one member and one part, in the same arithmetic.
                 let dk = &dirt[k];
                 let inside = |c: f64| c > pc.lo && c < pc.hi;
-                if !inside(x0) && !inside(x) && dk.ranges[0].1 <= dk.ranges[0].0 {
+                let cut_by_run = dk
+                    .ranges
+                    .iter()
+                    .any(|&(a, b)| b > a && (inside(a) || inside(b)));
+                if !inside(x0) && !inside(x) && !cut_by_run {
                     let (lo, hi) = (pc.lo, pc.hi);
                     let off = pc.off as usize;
                     let swept = full || wrap(0.5 * (lo + hi) - x0 + mem, mem) < s;
@@ -580,7 +584,11 @@ impl Sweep {
                     } else {
                         (self.dens[off], self.bdens[off])
                     };
-                    let q = dk.even;
+                    let q = if dk.covers(0.5 * (lo + hi)) {
+                        1.0
+                    } else {
+                        dk.even
+                    };
                     let add = if analytic {
                         q
                     } else if q > 0.0 {
