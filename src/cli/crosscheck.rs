@@ -294,6 +294,54 @@ fn distribution_line(label: &str, v: &[f64]) -> String {
     )
 }
 
+/// Points of one policy or workload: (name, points, fluid errors, noise-floor errors).
+type Group = (String, usize, Errors, Errors);
+
+fn add_to_group(groups: &mut Vec<Group>, name: &str, f: &[Option<Fig>; 4]) {
+    let k = match groups.iter().position(|g| g.0 == name) {
+        Some(k) => k,
+        None => {
+            groups.push((name.to_string(), 0, Errors::default(), Errors::default()));
+            groups.len() - 1
+        }
+    };
+    let g = &mut groups[k];
+    g.1 += 1;
+    g.2.add(f[0].as_ref(), f[1].as_ref());
+    g.3.add(f[0].as_ref(), f[3].as_ref());
+}
+
+/// The workload part of a grid point's name (`{mem}m-{link}-{workload}-{policy}`).
+fn workload_label<'a>(point: &'a str, policy: &str) -> &'a str {
+    let rest = point.splitn(3, '-').nth(2).unwrap_or(point);
+    rest.strip_suffix(policy)
+        .and_then(|r| r.strip_suffix('-'))
+        .unwrap_or(rest)
+}
+
+fn print_groups(by: &str, groups: &[Group]) {
+    println!();
+    println!(
+        "{:<20} {:>7} {:>15} {:>15} {:>15} {:>15}",
+        "within 2 %, per", "points", "fluid", "noise floor", "fluid", "noise floor"
+    );
+    println!(
+        "{:<20} {:>7} {:>15} {:>15} {:>15} {:>15}",
+        by, "", "downtime", "downtime", "total time", "total time"
+    );
+    for (name, n, fl, nf) in groups {
+        println!(
+            "{:<20} {:>7} {:>14.1}% {:>14.1}% {:>14.1}% {:>14.1}%",
+            name,
+            n,
+            within(&fl.downtime, 0.02),
+            within(&nf.downtime, 0.02),
+            within(&fl.total, 0.02),
+            within(&nf.total, 0.02)
+        );
+    }
+}
+
 fn csv_cell(x: Option<&Fig>) -> String {
     match x {
         Some(f) => format!(
@@ -325,8 +373,8 @@ pub fn run(a: CrosscheckArgs) -> Result<ExitCode> {
     let mut csv = format!("{CSV_HEADER}\n");
     let (mut fluid, mut analytic, mut noise) =
         (Errors::default(), Errors::default(), Errors::default());
-    // Per policy, in grid order: (fluid errors, noise-floor errors).
-    let mut per_policy: Vec<(&'static str, Errors, Errors)> = Vec::new();
+    // Per policy and per workload, in grid order.
+    let (mut per_policy, mut per_workload) = (Vec::new(), Vec::new());
     for (s, f) in grid.iter().zip(&rows) {
         let status = f[0].as_ref().map_or("", |e| e.status.as_str());
         let _ = writeln!(
@@ -341,16 +389,9 @@ pub fn run(a: CrosscheckArgs) -> Result<ExitCode> {
         fluid.add(f[0].as_ref(), f[1].as_ref());
         analytic.add(f[0].as_ref(), f[2].as_ref());
         noise.add(f[0].as_ref(), f[3].as_ref());
-        let name = s.policy.name();
-        let k = match per_policy.iter().position(|p| p.0 == name) {
-            Some(k) => k,
-            None => {
-                per_policy.push((name, Errors::default(), Errors::default()));
-                per_policy.len() - 1
-            }
-        };
-        per_policy[k].1.add(f[0].as_ref(), f[1].as_ref());
-        per_policy[k].2.add(f[0].as_ref(), f[3].as_ref());
+        let policy = s.policy.name();
+        add_to_group(&mut per_policy, policy, f);
+        add_to_group(&mut per_workload, workload_label(&s.name, policy), f);
     }
     for e in [&mut fluid, &mut analytic, &mut noise] {
         e.sort();
@@ -386,27 +427,8 @@ pub fn run(a: CrosscheckArgs) -> Result<ExitCode> {
     ] {
         println!("{}", distribution_line(label, v));
     }
-    println!();
-    println!(
-        "{:<20} {:>7} {:>15} {:>15} {:>15} {:>15}",
-        "within 2 %, per", "points", "fluid", "noise floor", "fluid", "noise floor"
-    );
-    println!(
-        "{:<20} {:>7} {:>15} {:>15} {:>15} {:>15}",
-        "policy", "", "downtime", "downtime", "total time", "total time"
-    );
-    for (name, fl, nf) in &per_policy {
-        let n = grid.iter().filter(|s| s.policy.name() == *name).count();
-        println!(
-            "{:<20} {:>7} {:>14.1}% {:>14.1}% {:>14.1}% {:>14.1}%",
-            name,
-            n,
-            within(&fl.downtime, 0.02),
-            within(&nf.downtime, 0.02),
-            within(&fl.total, 0.02),
-            within(&nf.total, 0.02)
-        );
-    }
+    print_groups("policy", &per_policy);
+    print_groups("workload", &per_workload);
     if let Some(p) = &a.out {
         super::output::write_atomic(p, |b| {
             b.extend_from_slice(csv.as_bytes());
@@ -577,6 +599,38 @@ fn run_geometric(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_grid_point_names_its_workload() {
+        // The per-workload table groups points by the name's workload part: each point must
+        // yield one of the workloads the grid was built from, policy names with dashes and all.
+        let known = [
+            "idle",
+            "uniform-0.1",
+            "hotcold-0.1",
+            "zipf-0.1",
+            "uniform-0.5",
+            "hotcold-0.5",
+            "zipf-0.5",
+            "uniform-2",
+            "hotcold-2",
+            "zipf-2",
+            "scan-slow",
+            "scan-fast",
+        ];
+        let g = grid();
+        for s in &g {
+            let w = workload_label(&s.name, s.policy.name());
+            assert!(known.contains(&w), "{} gave {w:?}", s.name);
+        }
+        for w in known {
+            let n = g
+                .iter()
+                .filter(|s| workload_label(&s.name, s.policy.name()) == w)
+                .count();
+            assert_eq!(n, g.len() / known.len(), "{w}");
+        }
+    }
 
     #[test]
     fn csv_keeps_the_old_columns_first() {
