@@ -303,38 +303,6 @@ impl Dirt {
     }
 }
 
-/// Append a rebuilt part (its member densities already at `part.off` in `nd`/`nb`, totals
-/// `tot`) to the new layout, or widen the previous piece when nothing tells them apart.
-fn push_part((np, nd, nb, nt, nbt): LayoutRefs, part: Piece, members: usize, tot: (f64, f64)) {
-    let start = part.off as usize;
-    if let Some(last) = np.last_mut() {
-        let prev = last.off as usize;
-        let eq = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs());
-        if last.elem == part.elem
-            && last.hi == part.lo
-            && (0..members)
-                .all(|j| eq(nd[prev + j], nd[start + j]) && eq(nb[prev + j], nb[start + j]))
-        {
-            last.hi = part.hi;
-            nd.truncate(start);
-            nb.truncate(start);
-            return;
-        }
-    }
-    np.push(part);
-    nt.push(tot.0);
-    nbt.push(tot.1);
-}
-
-/// Mutable views of a layout being built (see [`LayoutBuffers`]).
-type LayoutRefs<'a> = (
-    &'a mut Vec<Piece>,
-    &'a mut Vec<f64>,
-    &'a mut Vec<f64>,
-    &'a mut Vec<f64>,
-    &'a mut Vec<f64>,
-);
-
 /// `x` brought into [0, mem) for 0 ≤ x < 2·mem (a position at most one turn past the start).
 #[inline]
 fn wrap(x: f64, mem: f64) -> f64 {
@@ -345,8 +313,52 @@ fn wrap(x: f64, mem: f64) -> f64 {
     }
 }
 
-/// Pieces, their per-member densities (pages, bytes) and their totals (pages, bytes).
-type LayoutBuffers = (Vec<Piece>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+/// The send set's pieces in address order, with each piece's per-member densities (at its
+/// `off`) and their totals.
+#[derive(Clone, Debug, Default)]
+struct Layout {
+    pieces: Vec<Piece>,
+    /// Per piece and member: send-set pages and wire bytes per page of address space.
+    dens: Vec<f64>,
+    bdens: Vec<f64>,
+    /// Per piece: the sums over its members.
+    tot: Vec<f64>,
+    btot: Vec<f64>,
+}
+
+impl Layout {
+    fn clear(&mut self) {
+        self.pieces.clear();
+        self.dens.clear();
+        self.bdens.clear();
+        self.tot.clear();
+        self.btot.clear();
+    }
+
+    /// Append a rebuilt part (its member densities already pushed at `part.off`, totals
+    /// `tot`), or widen the previous piece when nothing tells them apart.
+    fn push_part(&mut self, part: Piece, members: usize, tot: (f64, f64)) {
+        let start = part.off as usize;
+        if let Some(last) = self.pieces.last_mut() {
+            let prev = last.off as usize;
+            let (d, b) = (&self.dens, &self.bdens);
+            let eq = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs());
+            if last.elem == part.elem
+                && last.hi == part.lo
+                && (0..members)
+                    .all(|j| eq(d[prev + j], d[start + j]) && eq(b[prev + j], b[start + j]))
+            {
+                last.hi = part.hi;
+                self.dens.truncate(start);
+                self.bdens.truncate(start);
+                return;
+            }
+        }
+        self.pieces.push(part);
+        self.tot.push(tot.0);
+        self.btot.push(tot.1);
+    }
+}
 
 /// The send set laid out along the address space, which the sender covers in address order
 /// from where the last iteration stopped. Pieces record where each segment's send pages are:
@@ -358,13 +370,7 @@ type LayoutBuffers = (Vec<Piece>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
 struct Sweep {
     /// Segments overlapping each elementary interval.
     members: Vec<Vec<usize>>,
-    pieces: Vec<Piece>,
-    /// Per piece and member: send-set pages and wire bytes per page of address space.
-    dens: Vec<f64>,
-    bdens: Vec<f64>,
-    /// Per piece: the sums over its members.
-    tot: Vec<f64>,
-    btot: Vec<f64>,
+    lay: Layout,
     /// Per segment: send-set pages and bytes still ahead of the sweep in this iteration.
     ahead: Vec<f64>,
     ahead_b: Vec<f64>,
@@ -381,7 +387,7 @@ struct Sweep {
     /// Piece holding the sweep position.
     at: usize,
     /// Scratch buffers for rebuilding the pieces at a harvest.
-    scratch: LayoutBuffers,
+    scratch: Layout,
 }
 
 impl Sweep {
@@ -407,11 +413,7 @@ impl Sweep {
         }
         let mut sw = Sweep {
             members,
-            pieces: Vec::with_capacity(n),
-            dens: Vec::new(),
-            bdens: Vec::new(),
-            tot: Vec::new(),
-            btot: Vec::new(),
+            lay: Layout::default(),
             ahead: vec![0.0; segs.len()],
             ahead_b: vec![0.0; segs.len()],
             elem_lo: cuts[..n].to_vec(),
@@ -424,24 +426,24 @@ impl Sweep {
             scratch: Default::default(),
         };
         for i in 0..n {
-            let off = sw.dens.len() as u32;
+            let off = sw.lay.dens.len() as u32;
             let (mut t, mut bt) = (0.0, 0.0);
             for &k in &sw.members[i] {
                 let w = segs[k].pages.max(1.0);
                 let (d, b) = (segs[k].send / w, segs[k].send_bytes / w);
-                sw.dens.push(d);
-                sw.bdens.push(b);
+                sw.lay.dens.push(d);
+                sw.lay.bdens.push(b);
                 t += d;
                 bt += b;
             }
-            sw.pieces.push(Piece {
+            sw.lay.pieces.push(Piece {
                 lo: cuts[i],
                 hi: cuts[i + 1],
                 elem: i as u32,
                 off,
             });
-            sw.tot.push(t);
-            sw.btot.push(bt);
+            sw.lay.tot.push(t);
+            sw.lay.btot.push(bt);
             sw.ahead_e[i] = t * (cuts[i + 1] - cuts[i]);
         }
         for (k, sg) in segs.iter().enumerate() {
@@ -458,30 +460,30 @@ impl Sweep {
     /// Advance the sweep past `bytes` wire bytes of the send set (never beyond one full
     /// turn); returns the pages they carried.
     fn advance(&mut self, mut bytes: f64, mem: f64) -> f64 {
-        let n = self.pieces.len();
+        let n = self.lay.pieces.len();
         let mut pages = 0.0;
         while bytes > 0.0 && self.s < mem {
             let x = wrap(self.x0 + self.s, mem);
             let i = self.at;
-            let pc = self.pieces[i];
+            let pc = self.lay.pieces[i];
             let room = (pc.hi - x).max(0.0).min(mem - self.s);
-            let b = self.btot[i];
+            let b = self.lay.btot[i];
             let need = if b > 0.0 { bytes / b } else { f64::INFINITY };
             let step = need.min(room);
             if b > 0.0 {
                 let off = pc.off as usize;
                 for (j, &k) in self.members[pc.elem as usize].iter().enumerate() {
-                    self.ahead[k] -= step * self.dens[off + j];
-                    self.ahead_b[k] -= step * self.bdens[off + j];
+                    self.ahead[k] -= step * self.lay.dens[off + j];
+                    self.ahead_b[k] -= step * self.lay.bdens[off + j];
                 }
-                self.ahead_e[pc.elem as usize] -= step * self.tot[i];
+                self.ahead_e[pc.elem as usize] -= step * self.lay.tot[i];
             }
             self.s += step;
             if need < room {
-                return pages + need * self.tot[i];
+                return pages + need * self.lay.tot[i];
             }
             bytes -= room * b;
-            pages += room * self.tot[i];
+            pages += room * self.lay.tot[i];
             self.at = (i + 1) % n;
         }
         pages
@@ -490,16 +492,16 @@ impl Sweep {
     /// Send the rest of the send set: the sweep stops at the end of the last piece holding
     /// any (where the sender stands when the iteration ends). Returns the pages it carried.
     fn advance_to_end(&mut self, mem: f64) -> f64 {
-        let n = self.pieces.len();
+        let n = self.lay.pieces.len();
         let (mut s, mut i, mut pages, mut end) = (self.s, self.at, 0.0, self.s);
         let mut end_at = self.at;
         while s < mem {
             let x = wrap(self.x0 + s, mem);
-            let room = (self.pieces[i].hi - x).max(0.0).min(mem - s);
+            let room = (self.lay.pieces[i].hi - x).max(0.0).min(mem - s);
             s += room;
             i = (i + 1) % n;
-            if self.btot[(i + n - 1) % n] > 0.0 {
-                pages += room * self.tot[(i + n - 1) % n];
+            if self.lay.btot[(i + n - 1) % n] > 0.0 {
+                pages += room * self.lay.tot[(i + n - 1) % n];
                 end = s;
                 end_at = i;
             }
@@ -515,15 +517,15 @@ impl Sweep {
     /// Bytes from the sweep's position over which every byte carries the same number of
     /// pages (and that number): the stretch where a steady tick sends a steady page count.
     fn steady_bytes(&self, mem: f64) -> (f64, f64) {
-        let n = self.pieces.len();
+        let n = self.lay.pieces.len();
         let (mut s, mut i, mut bytes) = (self.s, self.at, 0.0);
         let mut ratio: Option<f64> = None;
         while s < mem {
             let x = wrap(self.x0 + s, mem);
-            let room = (self.pieces[i].hi - x).max(0.0).min(mem - s);
-            let b = self.btot[i];
+            let room = (self.lay.pieces[i].hi - x).max(0.0).min(mem - s);
+            let b = self.lay.btot[i];
             if b > 0.0 {
-                let r = self.tot[i] / b;
+                let r = self.lay.tot[i] / b;
                 match ratio {
                     None => ratio = Some(r),
                     Some(q) if (q - r).abs() <= 1e-12 * q.abs() => {}
@@ -551,18 +553,14 @@ impl Sweep {
     ) {
         let (x0, s) = (self.x0, self.s);
         let full = s >= mem;
-        let (mut np, mut nd, mut nb, mut nt, mut nbt) = std::mem::take(&mut self.scratch);
-        np.clear();
-        nd.clear();
-        nb.clear();
-        nt.clear();
-        nbt.clear();
+        let mut new = std::mem::take(&mut self.scratch);
+        new.clear();
         for sg in segs.iter_mut() {
             sg.send = 0.0;
             sg.send_bytes = 0.0;
         }
         let x = wrap(x0 + s, mem);
-        for pc in &self.pieces {
+        for pc in &self.lay.pieces {
             // Cut at the sweep's start and end so each part is wholly swept or wholly ahead,
             // and at the ends of dirtied ranges so each is wholly inside or outside them.
             let mems = &self.members[pc.elem as usize];
@@ -582,7 +580,7 @@ impl Sweep {
                     let (a, ab) = if swept {
                         (0.0, 0.0)
                     } else {
-                        (self.dens[off], self.bdens[off])
+                        (self.lay.dens[off], self.lay.bdens[off])
                     };
                     let q = if dk.covers(0.5 * (lo + hi)) {
                         1.0
@@ -597,13 +595,12 @@ impl Sweep {
                         0.0
                     };
                     let (d, b) = (a + add, ab + add * page_wire);
-                    let start = nd.len();
-                    nd.push(d);
-                    nb.push(b);
+                    let start = new.dens.len();
+                    new.dens.push(d);
+                    new.bdens.push(b);
                     segs[k].send += d * (hi - lo);
                     segs[k].send_bytes += b * (hi - lo);
-                    push_part(
-                        (&mut np, &mut nd, &mut nb, &mut nt, &mut nbt),
+                    new.push_part(
                         Piece {
                             lo,
                             hi,
@@ -646,7 +643,7 @@ impl Sweep {
                 }
                 let mid = 0.5 * (lo + hi);
                 let swept = full || wrap(mid - x0 + mem, mem) < s;
-                let start = nd.len();
+                let start = new.dens.len();
                 let (mut t, mut bt) = (0.0, 0.0);
                 // Each member's chance that a page here was dirtied; a page joins the send set
                 // when any member dirtied it and it is not in it already (the new pages are
@@ -667,7 +664,7 @@ impl Sweep {
                     any += q.min(1.0) * (1.0 - any);
                     sum += q;
                     if !swept {
-                        ahead += self.dens[off + j];
+                        ahead += self.lay.dens[off + j];
                     }
                 }
                 let fresh = any * (1.0 - ahead.min(1.0));
@@ -675,7 +672,7 @@ impl Sweep {
                     let (a, ab) = if swept {
                         (0.0, 0.0)
                     } else {
-                        (self.dens[off + j], self.bdens[off + j])
+                        (self.lay.dens[off + j], self.lay.bdens[off + j])
                     };
                     let q = share(k);
                     let add = if analytic {
@@ -686,15 +683,14 @@ impl Sweep {
                         0.0
                     };
                     let (d, b) = (a + add, ab + add * page_wire);
-                    nd.push(d);
-                    nb.push(b);
+                    new.dens.push(d);
+                    new.bdens.push(b);
                     t += d;
                     bt += b;
                     segs[k].send += d * (hi - lo);
                     segs[k].send_bytes += b * (hi - lo);
                 }
-                push_part(
-                    (&mut np, &mut nd, &mut nb, &mut nt, &mut nbt),
+                new.push_part(
                     Piece {
                         lo,
                         hi,
@@ -706,39 +702,38 @@ impl Sweep {
                 );
             }
         }
-        self.cap_pieces(&mut np, &mut nd, &mut nb, &mut nt, &mut nbt, page_wire);
-        std::mem::swap(&mut self.pieces, &mut np);
-        std::mem::swap(&mut self.dens, &mut nd);
-        std::mem::swap(&mut self.bdens, &mut nb);
-        std::mem::swap(&mut self.tot, &mut nt);
-        std::mem::swap(&mut self.btot, &mut nbt);
-        self.scratch = (np, nd, nb, nt, nbt);
+        self.cap_pieces(&mut new, page_wire);
+        std::mem::swap(&mut self.lay, &mut new);
+        self.scratch = new;
         for (k, sg) in segs.iter().enumerate() {
             self.ahead[k] = sg.send;
             self.ahead_b[k] = sg.send_bytes;
         }
         self.ahead_e.iter_mut().for_each(|a| *a = 0.0);
-        for (p, &t) in self.pieces.iter().zip(&self.tot) {
+        for (p, &t) in self.lay.pieces.iter().zip(&self.lay.tot) {
             self.ahead_e[p.elem as usize] += t * (p.hi - p.lo);
         }
         self.x0 = x;
         self.s = 0.0;
-        self.at = self.pieces.partition_point(|p| p.lo <= x).saturating_sub(1);
+        self.at = self
+            .lay
+            .pieces
+            .partition_point(|p| p.lo <= x)
+            .saturating_sub(1);
     }
 
     /// Keep at most [`MAX_EXTRA_PIECES`] pieces beyond one per elementary interval by merging
     /// the neighbours whose densities differ least (pages and bytes are conserved). Only
     /// migrations that harvest many times within a pass (a sawtooth of densities behind the
     /// sender) reach the cap.
-    fn cap_pieces(
-        &self,
-        np: &mut Vec<Piece>,
-        nd: &mut Vec<f64>,
-        nb: &mut Vec<f64>,
-        nt: &mut Vec<f64>,
-        nbt: &mut Vec<f64>,
-        page_wire: f64,
-    ) {
+    fn cap_pieces(&self, new: &mut Layout, page_wire: f64) {
+        let Layout {
+            pieces: np,
+            dens: nd,
+            bdens: nb,
+            tot: nt,
+            btot: nbt,
+        } = new;
         let limit = self.members.len() + MAX_EXTRA_PIECES;
         if np.len() <= limit {
             return;
@@ -838,19 +833,19 @@ impl Sweep {
             }
         };
         let mut total = 0.0;
-        let first = self.pieces.partition_point(|p| p.hi <= lo);
-        for (i, p) in self.pieces.iter().enumerate().skip(first) {
+        let first = self.lay.pieces.partition_point(|p| p.hi <= lo);
+        for (i, p) in self.lay.pieces.iter().enumerate().skip(first) {
             if p.lo >= hi {
                 break;
             }
             let density = match k {
-                None => self.tot[i],
+                None => self.lay.tot[i],
                 Some(k) => {
                     let mems = &self.members[p.elem as usize];
                     let Some(j) = mems.iter().position(|&m| m == k) else {
                         continue;
                     };
-                    self.dens[p.off as usize + j]
+                    self.lay.dens[p.off as usize + j]
                 }
             };
             let (a, b) = (lo.max(p.lo), hi.min(p.hi));
@@ -863,7 +858,7 @@ impl Sweep {
 
     /// Pieces with send-set pages in them.
     fn holders(&self) -> usize {
-        self.tot.iter().filter(|&&t| t > 0.0).count()
+        self.lay.tot.iter().filter(|&&t| t > 0.0).count()
     }
 }
 
@@ -1157,9 +1152,7 @@ fn same_scalars(a: (f64, f64), b: (f64, f64)) -> bool {
 struct Snapshot {
     t: f64,
     x0: f64,
-    pieces: Vec<Piece>,
-    dens: Vec<f64>,
-    bdens: Vec<f64>,
+    lay: Layout,
     holders: usize,
     heads: Vec<f64>,
     writes: Vec<f64>,
@@ -1188,9 +1181,7 @@ impl Snapshot {
         Snapshot {
             t,
             x0: f.sweep.x0,
-            pieces: f.sweep.pieces.clone(),
-            dens: f.sweep.dens.clone(),
-            bdens: f.sweep.bdens.clone(),
+            lay: f.sweep.lay.clone(),
             holders: f.sweep.holders(),
             heads: f
                 .segs
@@ -1218,8 +1209,8 @@ impl Snapshot {
         let eq_t = |a: f64, b: f64| (a - b).abs() <= 1e-3;
         // Where the sweep starts only matters when it meets different send densities; with
         // one (even) piece holding the send set, any start is the same.
-        let same_pieces = self.pieces.len() == o.pieces.len()
-            && (self.pieces.iter().zip(&o.pieces))
+        let same_pieces = self.lay.pieces.len() == o.lay.pieces.len()
+            && (self.lay.pieces.iter().zip(&o.lay.pieces))
                 .all(|(a, b)| a.elem == b.elem && eq(a.lo, b.lo) && eq(a.hi, b.hi));
         (self.holders <= 1 || eq(self.x0, o.x0))
             && same_pieces
@@ -1229,9 +1220,19 @@ impl Snapshot {
             && eq_t(self.ready_in, o.ready_in)
             && eq_t(self.tick_in, o.tick_in)
             && self.heads.iter().zip(&o.heads).all(|(a, b)| eq(*a, *b))
-            && self.dens.len() == o.dens.len()
-            && self.dens.iter().zip(&o.dens).all(|(a, b)| eq(*a, *b))
-            && self.bdens.iter().zip(&o.bdens).all(|(a, b)| eq(*a, *b))
+            && self.lay.dens.len() == o.lay.dens.len()
+            && self
+                .lay
+                .dens
+                .iter()
+                .zip(&o.lay.dens)
+                .all(|(a, b)| eq(*a, *b))
+            && self
+                .lay
+                .bdens
+                .iter()
+                .zip(&o.lay.bdens)
+                .all(|(a, b)| eq(*a, *b))
             && self.writes.iter().zip(&o.writes).all(|(a, b)| eq(*a, *b))
     }
 }
@@ -1835,7 +1836,7 @@ mod sweep_tests {
     /// Send pages of segment `k` in `[lo, hi)` not yet swept, from the pieces.
     fn ahead_ref(sw: &Sweep, k: usize, lo: f64, hi: f64, mem: f64) -> f64 {
         let mut total = 0.0;
-        for p in &sw.pieces {
+        for p in &sw.lay.pieces {
             let (a, b) = (lo.max(p.lo), hi.min(p.hi));
             let Some(j) = sw.members[p.elem as usize].iter().position(|&m| m == k) else {
                 continue;
@@ -1856,7 +1857,7 @@ mod sweep_tests {
                 }
                 let off = ((u + v) / 2.0 - sw.x0).rem_euclid(mem);
                 if sw.s < mem && off >= sw.s {
-                    total += sw.dens[p.off as usize + j] * (v - u);
+                    total += sw.lay.dens[p.off as usize + j] * (v - u);
                 }
             }
         }
@@ -1877,11 +1878,14 @@ mod sweep_tests {
                 cover(sw.x0, mem) + cover(0.0, end - mem)
             }
         };
-        for p in &sw.pieces {
+        for p in &sw.lay.pieces {
             let len = p.hi - p.lo;
             let left = len - swept(p.lo, p.hi);
             for (j, &k) in sw.members[p.elem as usize].iter().enumerate() {
-                let (d, b) = (sw.dens[p.off as usize + j], sw.bdens[p.off as usize + j]);
+                let (d, b) = (
+                    sw.lay.dens[p.off as usize + j],
+                    sw.lay.bdens[p.off as usize + j],
+                );
                 out[k].0 += d * len;
                 out[k].1 += b * len;
                 out[k].2 += d * left;
@@ -1967,7 +1971,7 @@ mod sweep_tests {
                 })
                 .collect();
             sw.harvest(&dirt, false, page_wire, mem, &mut segs);
-            max_pieces = max_pieces.max(sw.pieces.len());
+            max_pieces = max_pieces.max(sw.lay.pieces.len());
             let lay = layout(&sw, segs.len(), mem);
             for k in 0..segs.len() {
                 assert!(
@@ -1986,9 +1990,9 @@ mod sweep_tests {
                 assert!(segs[k].send <= segs[k].pages * (1.0 + 1e-12));
             }
             // Pieces tile memory in order.
-            assert_eq!(sw.pieces[0].lo, 0.0);
-            assert_eq!(sw.pieces.last().unwrap().hi, mem);
-            assert!(sw.pieces.windows(2).all(|w| w[0].hi == w[1].lo));
+            assert_eq!(sw.lay.pieces[0].lo, 0.0);
+            assert_eq!(sw.lay.pieces.last().unwrap().hi, mem);
+            assert!(sw.lay.pieces.windows(2).all(|w| w[0].hi == w[1].lo));
         }
         // The cap was reached (the merges above were exercised) and held.
         assert_eq!(max_pieces, sw.members.len() + MAX_EXTRA_PIECES);
