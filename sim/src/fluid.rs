@@ -1207,6 +1207,8 @@ impl Snapshot {
     fn same_state(&self, o: &Snapshot) -> bool {
         let eq = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs()) + 1e-300;
         let eq_t = |a: f64, b: f64| (a - b).abs() <= 1e-3;
+        let same =
+            |a: &[f64], b: &[f64]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| eq(*x, *y));
         // Where the sweep starts only matters when it meets different send densities; with
         // one (even) piece holding the send set, any start is the same.
         let same_pieces = self.lay.pieces.len() == o.lay.pieces.len()
@@ -1219,21 +1221,10 @@ impl Snapshot {
             && self.throttle == o.throttle
             && eq_t(self.ready_in, o.ready_in)
             && eq_t(self.tick_in, o.tick_in)
-            && self.heads.iter().zip(&o.heads).all(|(a, b)| eq(*a, *b))
-            && self.lay.dens.len() == o.lay.dens.len()
-            && self
-                .lay
-                .dens
-                .iter()
-                .zip(&o.lay.dens)
-                .all(|(a, b)| eq(*a, *b))
-            && self
-                .lay
-                .bdens
-                .iter()
-                .zip(&o.lay.bdens)
-                .all(|(a, b)| eq(*a, *b))
-            && self.writes.iter().zip(&o.writes).all(|(a, b)| eq(*a, *b))
+            && same(&self.heads, &o.heads)
+            && same(&self.lay.dens, &o.lay.dens)
+            && same(&self.lay.bdens, &o.lay.bdens)
+            && same(&self.writes, &o.writes)
     }
 }
 
