@@ -3,6 +3,15 @@
 
 use std::process::Command;
 
+/// One real migration at a time: overlapping migrations have stalled a resuming vCPU for
+/// seconds on the nested host (see real-backend's `dest.rs`). Every test takes it first and
+/// holds it to its end.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn kvm_or_skip() -> bool {
     let ok = std::fs::OpenOptions::new()
         .read(true)
@@ -17,6 +26,7 @@ fn kvm_or_skip() -> bool {
 
 #[test]
 fn real_migration_writes_the_same_files_as_run() {
+    let _serial = serial();
     if !kvm_or_skip() {
         return;
     }
@@ -65,6 +75,7 @@ const SMALL: &str = "name = \"small\"\ncalibration = \"cal.toml\"\n[vm]\nmemory 
 
 #[test]
 fn validate_writes_predictions_errors_and_both_summaries() {
+    let _serial = serial();
     if !kvm_or_skip() {
         return;
     }
@@ -109,6 +120,7 @@ fn validate_writes_predictions_errors_and_both_summaries() {
 
 #[test]
 fn recorded_trace_replays_in_run() {
+    let _serial = serial();
     if !kvm_or_skip() {
         return;
     }

@@ -10,6 +10,15 @@ use sim::migration::run_seed;
 use sim::{Checked, Scenario, Status};
 use workloads::WriteStream;
 
+/// One guest migration at a time: on the nested host two overlapping migrations have stalled a
+/// resuming vCPU for seconds (see `dest.rs`), which a test would report as a guest that made no
+/// progress. Every test takes it first and holds it to its end.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn kvm_or_skip() -> bool {
     if real_backend::kvm_available() {
         true
@@ -103,6 +112,7 @@ fn assert_moved(run: &RealRun) {
 
 #[test]
 fn live_migration_workload_same_pages_as_the_simulator() {
+    let _serial = serial();
     if !kvm_or_skip() {
         return;
     }
@@ -143,6 +153,7 @@ fn live_migration_workload_same_pages_as_the_simulator() {
 
 #[test]
 fn live_migration_to_a_separate_process_over_tcp() {
+    let _serial = serial();
     if !kvm_or_skip() {
         return;
     }
@@ -159,6 +170,7 @@ fn live_migration_to_a_separate_process_over_tcp() {
 
 #[test]
 fn check_loop_consistent_after_migration() {
+    let _serial = serial();
     if !kvm_or_skip() {
         return;
     }
@@ -178,6 +190,7 @@ fn check_loop_consistent_after_migration() {
 
 #[test]
 fn lost_page_is_caught_by_the_digest() {
+    let _serial = serial();
     if !kvm_or_skip() {
         return;
     }
@@ -218,6 +231,7 @@ fn assert_failed_and_source_intact(run: &RealRun, what: &str) {
 
 #[test]
 fn destination_killed_mid_migration() {
+    let _serial = serial();
     if !kvm_or_skip() {
         return;
     }
@@ -237,6 +251,7 @@ fn destination_killed_mid_migration() {
 
 #[test]
 fn connection_cut_mid_migration() {
+    let _serial = serial();
     if !kvm_or_skip() {
         return;
     }
@@ -258,6 +273,7 @@ fn connection_cut_mid_migration() {
 
 #[test]
 fn corrupted_frame_fails_the_migration() {
+    let _serial = serial();
     if !kvm_or_skip() {
         return;
     }
@@ -279,6 +295,7 @@ fn corrupted_frame_fails_the_migration() {
 
 #[test]
 fn quick_migration_through_a_file() {
+    let _serial = serial();
     if !kvm_or_skip() {
         return;
     }
