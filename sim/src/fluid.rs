@@ -564,55 +564,6 @@ impl Sweep {
             // Cut at the sweep's start and end so each part is wholly swept or wholly ahead,
             // and at the ends of dirtied ranges so each is wholly inside or outside them.
             let mems = &self.members[pc.elem as usize];
-            if let [k] = mems[..] {
-                // One segment here and nothing cutting the piece: the general path below with
-                // one member and one part, in the same arithmetic.
-                let dk = &dirt[k];
-                let inside = |c: f64| c > pc.lo && c < pc.hi;
-                let cut_by_run = dk
-                    .ranges
-                    .iter()
-                    .any(|&(a, b)| b > a && (inside(a) || inside(b)));
-                if !inside(x0) && !inside(x) && !cut_by_run {
-                    let (lo, hi) = (pc.lo, pc.hi);
-                    let off = pc.off as usize;
-                    let swept = full || wrap(0.5 * (lo + hi) - x0 + mem, mem) < s;
-                    let (a, ab) = if swept {
-                        (0.0, 0.0)
-                    } else {
-                        (self.lay.dens[off], self.lay.bdens[off])
-                    };
-                    let q = if dk.covers(0.5 * (lo + hi)) {
-                        1.0
-                    } else {
-                        dk.even
-                    };
-                    let add = if analytic {
-                        q
-                    } else if q > 0.0 {
-                        q.min(1.0) * (1.0 - a.min(1.0)) * q / q
-                    } else {
-                        0.0
-                    };
-                    let (d, b) = (a + add, ab + add * page_wire);
-                    let start = new.dens.len();
-                    new.dens.push(d);
-                    new.bdens.push(b);
-                    segs[k].send += d * (hi - lo);
-                    segs[k].send_bytes += b * (hi - lo);
-                    new.push_part(
-                        Piece {
-                            lo,
-                            hi,
-                            elem: pc.elem,
-                            off: start as u32,
-                        },
-                        1,
-                        (0.0 + d, 0.0 + b),
-                    );
-                    continue;
-                }
-            }
             let mut cuts = [pc.hi; 2 + 8 * MAX_LOCATED_MEMBERS + 1];
             cuts[0] = pc.lo;
             let mut nc = 1;
