@@ -5,7 +5,8 @@ use crate::metrics::RunResult;
 use crate::policy::*;
 use crate::scenario::*;
 use crate::simulate;
-use workloads::spec::{HotColdSpec, ScanSpec, UniformSpec, ZipfSpec};
+use crate::tests_policies::{run, uniform};
+use workloads::spec::{HotColdSpec, ScanSpec, ZipfSpec};
 use workloads::{Bandwidth, ByteSize, WorkloadSpec, GIB, MIB};
 
 fn scenario(mem: u64, bw: f64, workload: WorkloadSpec, policy: PolicySpec) -> Scenario {
@@ -19,14 +20,6 @@ fn scenario(mem: u64, bw: f64, workload: WorkloadSpec, policy: PolicySpec) -> Sc
     s
 }
 
-fn uniform(wss: u64, rate: f64) -> WorkloadSpec {
-    WorkloadSpec::Uniform(UniformSpec {
-        wss: ByteSize(wss),
-        rate_pps: rate,
-        offset: ByteSize(0),
-    })
-}
-
 /// `s` in fluid mode.
 fn fluid_of(s: &Scenario) -> RunResult {
     let mut sf = s.clone();
@@ -36,7 +29,7 @@ fn fluid_of(s: &Scenario) -> RunResult {
 
 /// `s` in exact mode (as given) and in fluid mode.
 fn exact_and_fluid(s: &Scenario) -> (RunResult, RunResult) {
-    (simulate(&s.clone().check().unwrap(), 0), fluid_of(s))
+    (run(s), fluid_of(s))
 }
 
 /// A scan over all memory at 1.6× the page rate of a link of `bps`.
@@ -339,7 +332,7 @@ fn zipf_rounds_follow_the_exact_engine_on_average() {
     for &seed in &seeds {
         let mut se = s.clone();
         se.seed = seed;
-        let r = simulate(&se.check().unwrap(), 0);
+        let r = run(&se);
         for (m, rr) in mean.iter_mut().zip(&r.rounds) {
             *m += rr.pages_dirtied as f64 / seeds.len() as f64;
         }
@@ -382,7 +375,7 @@ fn a_mid_pass_sync_leaves_the_rest_of_the_pass_ahead_of_the_sender() {
         for &seed in &seeds {
             let mut se = s.clone();
             se.seed = seed;
-            let r = simulate(&se.check().unwrap(), 0);
+            let r = run(&se);
             exact += r.report.downtime_ns().unwrap() as f64 / seeds.len() as f64;
         }
         let fluid = fluid_of(&s);

@@ -18,7 +18,8 @@ fn scenario(mem: u64, workload: WorkloadSpec, policy: PolicySpec) -> Scenario {
     s
 }
 
-fn uniform(wss: u64, rate: f64) -> WorkloadSpec {
+/// Uniform writes at `rate` pages/s over the first `wss` bytes (shared with the fluid tests).
+pub(crate) fn uniform(wss: u64, rate: f64) -> WorkloadSpec {
     WorkloadSpec::Uniform(UniformSpec {
         wss: ByteSize(wss),
         rate_pps: rate,
@@ -26,7 +27,8 @@ fn uniform(wss: u64, rate: f64) -> WorkloadSpec {
     })
 }
 
-fn run(s: &Scenario) -> RunResult {
+/// `s` as given (shared with the fluid tests).
+pub(crate) fn run(s: &Scenario) -> RunResult {
     simulate(&s.clone().check().unwrap(), 0)
 }
 
