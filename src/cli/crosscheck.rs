@@ -294,6 +294,18 @@ fn distribution_line(label: &str, v: &[f64]) -> String {
     )
 }
 
+/// Write the per-point CSV to `out` (atomically), if asked for.
+fn write_csv(out: Option<&std::path::Path>, csv: &str) -> Result<()> {
+    if let Some(p) = out {
+        super::output::write_atomic(p, |b| {
+            b.extend_from_slice(csv.as_bytes());
+            Ok(())
+        })?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
 /// Points of one policy or workload: (name, points, fluid errors, noise-floor errors).
 type Group = (String, usize, Errors, Errors);
 
@@ -429,13 +441,7 @@ pub fn run(a: CrosscheckArgs) -> Result<ExitCode> {
     }
     print_groups("policy", &per_policy);
     print_groups("workload", &per_workload);
-    if let Some(p) = &a.out {
-        super::output::write_atomic(p, |b| {
-            b.extend_from_slice(csv.as_bytes());
-            Ok(())
-        })?;
-        println!("wrote {}", p.display());
-    }
+    write_csv(a.out.as_deref(), &csv)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -586,13 +592,7 @@ fn run_geometric(
     };
     render_ratio_figure(&fig, plot)?;
     println!("wrote {}", plot.display());
-    if let Some(p) = out {
-        super::output::write_atomic(p, |b| {
-            b.extend_from_slice(csv.as_bytes());
-            Ok(())
-        })?;
-        println!("wrote {}", p.display());
-    }
+    write_csv(out, &csv)?;
     Ok(ExitCode::SUCCESS)
 }
 
