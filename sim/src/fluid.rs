@@ -388,6 +388,10 @@ struct Sweep {
     at: usize,
     /// Scratch buffers for rebuilding the pieces at a harvest.
     scratch: Layout,
+    /// Harvests whose pieces came within one of the cap: merges depend on where pieces
+    /// meet the ends of the intervals, so a send set turned around its interval could have
+    /// been merged differently.
+    near_cap: u64,
 }
 
 impl Sweep {
@@ -424,6 +428,7 @@ impl Sweep {
             s: 0.0,
             at: 0,
             scratch: Default::default(),
+            near_cap: 0,
         };
         for i in 0..n {
             let off = sw.lay.dens.len() as u32;
@@ -653,6 +658,9 @@ impl Sweep {
                 );
             }
         }
+        if new.pieces.len() + 1 >= self.members.len() + MAX_EXTRA_PIECES {
+            self.near_cap += 1;
+        }
         self.cap_pieces(&mut new, page_wire);
         std::mem::swap(&mut self.lay, &mut new);
         self.scratch = new;
@@ -810,6 +818,79 @@ impl Sweep {
     /// Pieces with send-set pages in them.
     fn holders(&self) -> usize {
         self.lay.tot.iter().filter(|&&t| t > 0.0).count()
+    }
+}
+
+/// The send set of a migration whose writes all fall on one elementary interval, seen from
+/// where the sweep starts: pieces with offsets from `x0` around the interval (the rest of
+/// memory holds nothing to send and nothing is written there). Two such states that differ
+/// only by where the sweep starts evolve alike, shifted around the interval.
+#[derive(Clone, Debug)]
+struct Ring {
+    elem: u32,
+    /// Pieces with `lo`/`hi` as offsets from the sweep's start, wrapping at the interval's end.
+    rel: Layout,
+}
+
+impl Sweep {
+    /// The send set as a [`Ring`], when only one elementary interval holds or gets any of it:
+    /// the sweep starts in it, no other piece holds send-set pages, and every written segment
+    /// covers exactly it.
+    fn ring(&self, segs: &[Seg]) -> Option<Ring> {
+        let x0 = self.x0;
+        let e = self
+            .elem_lo
+            .partition_point(|&lo| lo <= x0)
+            .checked_sub(1)?;
+        let (lo, hi) = (self.elem_lo[e], self.elem_hi[e]);
+        if x0 >= hi
+            || segs.iter().any(|sg| {
+                sg.located || (sg.rate > 0.0 && (sg.first != lo || sg.first + sg.pages != hi))
+            })
+        {
+            return None;
+        }
+        let lay = &self.lay;
+        let mine = |i: usize| lay.pieces[i].elem as usize == e;
+        if (0..lay.pieces.len()).any(|i| !mine(i) && (lay.tot[i] != 0.0 || lay.btot[i] != 0.0)) {
+            return None;
+        }
+        let k = self.members[e].len();
+        let mut rel = Layout::default();
+        let put = |rel: &mut Layout, i: usize, a: f64, b: f64| {
+            if b <= a {
+                return;
+            }
+            let o = lay.pieces[i].off as usize;
+            let off = rel.dens.len() as u32;
+            rel.dens.extend_from_slice(&lay.dens[o..o + k]);
+            rel.bdens.extend_from_slice(&lay.bdens[o..o + k]);
+            let part = Piece {
+                lo: a,
+                hi: b,
+                elem: e as u32,
+                off,
+            };
+            rel.push_part(part, k, (lay.tot[i], lay.btot[i]));
+        };
+        // From the start to the interval's end, then from its beginning back to the start.
+        for i in (0..lay.pieces.len()).filter(|&i| mine(i)) {
+            let p = lay.pieces[i];
+            put(&mut rel, i, p.lo.max(x0) - x0, p.hi - x0);
+        }
+        for i in (0..lay.pieces.len()).filter(|&i| mine(i)) {
+            let p = lay.pieces[i];
+            put(
+                &mut rel,
+                i,
+                p.lo - lo + (hi - x0),
+                p.hi.min(x0) - lo + (hi - x0),
+            );
+        }
+        Some(Ring {
+            elem: e as u32,
+            rel,
+        })
     }
 }
 
@@ -1118,6 +1199,10 @@ struct Snapshot {
     guest_ns: f64,
     /// Round records so far.
     rounds: usize,
+    /// The send set seen from the sweep's start, when it lies on one interval.
+    ring: Option<Ring>,
+    /// [`Sweep::near_cap`] then.
+    near_cap: u64,
 }
 
 impl Snapshot {
@@ -1151,6 +1236,8 @@ impl Snapshot {
             guest_writes: f.guest_writes,
             guest_ns: f.guest_ns,
             rounds: 0,
+            ring: f.sweep.ring(&f.segs),
+            near_cap: f.sweep.near_cap,
         }
     }
 
@@ -1165,16 +1252,33 @@ impl Snapshot {
         let same_pieces = self.lay.pieces.len() == o.lay.pieces.len()
             && (self.lay.pieces.iter().zip(&o.lay.pieces))
                 .all(|(a, b)| a.elem == b.elem && eq(a.lo, b.lo) && eq(a.hi, b.hi));
-        (self.holders <= 1 || eq(self.x0, o.x0))
-            && same_pieces
+        // A send set on one interval may also have turned around it: compare it as seen
+        // from where each sweep starts.
+        let same_layout = match (&self.ring, &o.ring) {
+            (Some(a), Some(b)) if self.near_cap == o.near_cap => {
+                let w = a.rel.pieces.last().map_or(0.0, |p| p.hi);
+                let eq_x = |x: f64, y: f64| (x - y).abs() <= 1e-12 * w;
+                a.elem == b.elem
+                    && a.rel.pieces.len() == b.rel.pieces.len()
+                    && (a.rel.pieces.iter().zip(&b.rel.pieces))
+                        .all(|(p, q)| eq_x(p.lo, q.lo) && eq_x(p.hi, q.hi))
+                    && same(&a.rel.dens, &b.rel.dens)
+                    && same(&a.rel.bdens, &b.rel.bdens)
+            }
+            _ => {
+                (self.holders <= 1 || eq(self.x0, o.x0))
+                    && same_pieces
+                    && same(&self.lay.dens, &o.lay.dens)
+                    && same(&self.lay.bdens, &o.lay.bdens)
+            }
+        };
+        same_layout
             && eq(self.send_pages, o.send_pages)
             && eq(self.send_bytes, o.send_bytes)
             && self.throttle == o.throttle
             && eq_t(self.ready_in, o.ready_in)
             && eq_t(self.tick_in, o.tick_in)
             && same(&self.heads, &o.heads)
-            && same(&self.lay.dens, &o.lay.dens)
-            && same(&self.lay.bdens, &o.lay.bdens)
             && same(&self.writes, &o.writes)
     }
 }
@@ -1955,5 +2059,108 @@ mod sweep_tests {
         // It stands at the end of the working set, not after a full turn.
         assert_eq!(sw.x0 + sw.s, 300.0);
         assert!(sw.ahead.iter().all(|&a| a == 0.0));
+    }
+
+    /// A sweep over a written segment `[0, 1000)` and an unwritten rest `[1000, 4000)`, with
+    /// the given pieces (one member each; bytes at 4104 per page) and the sweep starting at `x0`.
+    fn laid_out(pieces: &[(f64, f64, f64)], x0: f64) -> (Sweep, Vec<Seg>) {
+        let mut rest = seg(1000.0, 3000.0, 0.0, 4104.0);
+        rest.rate = 0.0;
+        let segs = vec![seg(0.0, 1000.0, 0.0, 4104.0), rest];
+        let mut sw = Sweep::new(&segs, 4000.0);
+        sw.lay.clear();
+        for (i, &(lo, hi, d)) in pieces.iter().enumerate() {
+            let elem = (lo >= 1000.0) as u32;
+            sw.lay.pieces.push(Piece {
+                lo,
+                hi,
+                elem,
+                off: i as u32,
+            });
+            sw.lay.dens.push(d);
+            sw.lay.bdens.push(d * 4104.0);
+            sw.lay.tot.push(d);
+            sw.lay.btot.push(d * 4104.0);
+        }
+        sw.x0 = x0;
+        (sw, segs)
+    }
+
+    #[test]
+    fn a_send_set_turned_around_its_working_set_is_the_same_ring() {
+        let rest = (1000.0, 4000.0, 0.0);
+        let ring = |p: &[(f64, f64, f64)], x0: f64| {
+            let (sw, segs) = laid_out(p, x0);
+            sw.ring(&segs)
+        };
+        let same = |a: &Ring, b: &Ring| {
+            a.elem == b.elem
+                && a.rel.pieces.len() == b.rel.pieces.len()
+                && a.rel
+                    .pieces
+                    .iter()
+                    .zip(&b.rel.pieces)
+                    .all(|(p, q)| (p.lo - q.lo).abs() < 1e-9 && (p.hi - q.hi).abs() < 1e-9)
+                && a.rel.dens == b.rel.dens
+        };
+        // 200 pages at 0.8 from the start, the other 800 at 0.5: once starting at 100, once at
+        // 500, once with the dense stretch wrapping round the end of the working set.
+        let a = ring(
+            &[
+                (0.0, 100.0, 0.5),
+                (100.0, 300.0, 0.8),
+                (300.0, 1000.0, 0.5),
+                rest,
+            ],
+            100.0,
+        )
+        .expect("a ring");
+        let b = ring(
+            &[
+                (0.0, 500.0, 0.5),
+                (500.0, 700.0, 0.8),
+                (700.0, 1000.0, 0.5),
+                rest,
+            ],
+            500.0,
+        )
+        .expect("a ring");
+        let c = ring(
+            &[
+                (0.0, 50.0, 0.8),
+                (50.0, 850.0, 0.5),
+                (850.0, 1000.0, 0.8),
+                rest,
+            ],
+            850.0,
+        )
+        .expect("a ring");
+        assert!(same(&a, &b) && same(&a, &c), "{a:?}\n{b:?}\n{c:?}");
+        assert_eq!(
+            a.rel.pieces.len(),
+            2,
+            "equal neighbours across the wrap are one piece"
+        );
+        assert_eq!((a.rel.pieces[0].hi, a.rel.pieces[1].hi), (200.0, 1000.0));
+        // The same pieces seen from elsewhere are another state.
+        let d = ring(
+            &[
+                (0.0, 500.0, 0.5),
+                (500.0, 700.0, 0.8),
+                (700.0, 1000.0, 0.5),
+                rest,
+            ],
+            600.0,
+        )
+        .expect("a ring");
+        assert!(!same(&a, &d));
+        // No ring when pages wait outside the working set, or the sweep starts there.
+        let pending_outside = [(0.0, 1000.0, 0.5), (1000.0, 4000.0, 0.1)];
+        assert!(ring(&pending_outside, 100.0).is_none());
+        assert!(ring(&[(0.0, 1000.0, 0.5), rest], 2000.0).is_none());
+        // ... or when memory elsewhere is written.
+        let (sw, mut segs) = laid_out(&[(0.0, 1000.0, 0.5), rest], 100.0);
+        segs[1].rate = 1.0;
+        assert!(sw.ring(&segs).is_none());
     }
 }

@@ -323,6 +323,11 @@ impl Policy for DowntimeRamp {
         let mut deadline = f64::INFINITY;
         if delay_ns > 0.0 {
             let i = (obs.elapsed_ns as f64 / delay_ns).floor();
+            // A cycle that saw the limit step up is no pattern for the cycles after it.
+            let cycle_start = obs.elapsed_ns as f64 - cycle.period_ns as f64;
+            if i >= 1.0 && cycle_start < i.min(steps) * delay_ns {
+                return 0;
+            }
             if i < steps {
                 deadline = deadline.min((i + 1.0) * delay_ns);
             }
