@@ -924,6 +924,10 @@ struct Fluid<'a> {
     seg_dirt: std::cell::RefCell<Vec<Dirt>>,
     /// Per phase: its latest instance and the guest time into it at the last harvest.
     harvest_at: Vec<(i64, f64)>,
+    /// Harvests at which some located scan had not covered its whole range since the one
+    /// before (while every harvest finds a scan's range all dirty, where its head stands
+    /// changes nothing).
+    partial_scans: u64,
 }
 
 impl Fluid<'_> {
@@ -1149,6 +1153,10 @@ impl Fluid<'_> {
         self.dirty_overlap(); // per-segment counts for this state
         self.version += 1;
         let dirt = self.seg_dirt.take();
+        let partial = |(sg, d): (&Seg, &Dirt)| sg.located && sg.rate > 0.0 && d.pages < sg.pages;
+        if self.segs.iter().zip(&dirt).any(partial) {
+            self.partial_scans += 1;
+        }
         self.sweep.harvest(
             &dirt,
             self.analytic,
@@ -1203,6 +1211,8 @@ struct Snapshot {
     ring: Option<Ring>,
     /// [`Sweep::near_cap`] then.
     near_cap: u64,
+    /// [`Fluid::partial_scans`] then.
+    partial_scans: u64,
 }
 
 impl Snapshot {
@@ -1238,6 +1248,7 @@ impl Snapshot {
             rounds: 0,
             ring: f.sweep.ring(&f.segs),
             near_cap: f.sweep.near_cap,
+            partial_scans: f.partial_scans,
         }
     }
 
@@ -1278,7 +1289,7 @@ impl Snapshot {
             && self.throttle == o.throttle
             && eq_t(self.ready_in, o.ready_in)
             && eq_t(self.tick_in, o.tick_in)
-            && same(&self.heads, &o.heads)
+            && (self.partial_scans == o.partial_scans || same(&self.heads, &o.heads))
             && same(&self.writes, &o.writes)
     }
 }
@@ -1398,6 +1409,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
         memo: std::cell::Cell::new((0, 0.0, 0.0)),
         seg_dirt: Default::default(),
         harvest_at: Vec::new(),
+        partial_scans: 0,
     };
     f.harvest_at = (0..f.phase_rate.len())
         .map(|p| f.phase_instance(p, 0.0))
@@ -1657,7 +1669,12 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                         let gw = f.guest_writes - prev.guest_writes;
                         f.guest_writes += nf * gw;
                         round_writes_start += nf * gw;
-                        f.guest_ns += nf * (f.guest_ns - prev.guest_ns);
+                        let gns = nf * (f.guest_ns - prev.guest_ns);
+                        f.guest_ns += gns;
+                        // The last harvest, which scans count their runs from, moved as much.
+                        for h in &mut f.harvest_at {
+                            h.1 += gns;
+                        }
                         if let Some(lr) = &mut last_round {
                             lr.round += (n as u32) * per_round as u32;
                         }

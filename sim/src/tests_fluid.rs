@@ -141,6 +141,22 @@ fn skipped_ticks_change_nothing() {
             uniform(128 * MIB, 9000.0),
             PolicySpec::by_name("downtime-ramp").unwrap(),
         ),
+        // A scan that dirties all memory between syncs, to a forced switchover: where its
+        // head stands changes nothing, so iterations repeat.
+        (
+            GIB,
+            1e10,
+            WorkloadSpec::Scan(ScanSpec {
+                wss: None,
+                rate_pps: 500_000.0,
+                offset: ByteSize(0),
+            }),
+            PolicySpec::CloudHypervisor(CloudHypervisorSpec {
+                downtime_budget_ms: 100.0,
+                timeout_s: 300.0,
+                on_timeout: TimeoutAction::Ignore,
+            }),
+        ),
         // Syncs in mid-pass turn the send set around the working set from one iteration to
         // the next (a fixed point up to where the sweep starts), and the limit steps up in
         // the middle of such a cycle.
