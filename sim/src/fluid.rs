@@ -366,7 +366,7 @@ impl Layout {
 /// dirty pages spread over the whole segment, and the first pass's zero pages are cheap on the
 /// wire while re-dirtied pages are not. So the pages a number of bytes buys, and how many of
 /// the pages dirtied since the last harvest are still ahead, depend on where the sweep stands.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct Sweep {
     /// Segments overlapping each elementary interval.
     members: Vec<Vec<usize>>,
@@ -1382,11 +1382,10 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
         .max_bandwidth_bps()
         .map_or(link_bps, |m| m.min(link_bps));
     let mem = ck.mem_pages as f64;
-    let sweep = Sweep::new(&segs, mem);
     let mut f = Fluid {
         ck,
         segs,
-        sweep,
+        sweep: Sweep::default(), // laid out once the first pass's bytes are known
         phases,
         repeat,
         analytic,
@@ -1434,9 +1433,12 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
     // sharing addresses are spread evenly.
     let sweep = Sweep::new(&f.segs, mem);
     for m in &sweep.members {
-        let located: Vec<usize> = m.iter().copied().filter(|&k| f.segs[k].located).collect();
-        for &k in located.iter().skip(MAX_LOCATED_MEMBERS) {
-            f.segs[k].located = false;
+        let mut located = 0;
+        for &k in m {
+            if f.segs[k].located {
+                located += 1;
+                f.segs[k].located = located <= MAX_LOCATED_MEMBERS;
+            }
         }
     }
     f.sweep = sweep;
