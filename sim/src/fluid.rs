@@ -1294,60 +1294,227 @@ impl Snapshot {
     }
 }
 
-/// Expected zero pages written before the first iteration's sender reaches them, for zero
-/// fraction `z`, first-iteration duration `t0_ns`, with the sender moving through memory at a
-/// steady pace (page x is sent at x·t0/mem).
-fn zero_pages_lost(segs: &[Seg], z: f64, mem: f64, t0_ns: f64) -> f64 {
-    let lost: f64 = segs
-        .iter()
-        .map(|sg| seg_written_early(sg, mem, t0_ns))
-        .sum();
-    (z * lost).clamp(0.0, z * mem)
+/// When each phase of a workload runs, in guest seconds from the start of the migration.
+struct PhaseClock<'a> {
+    /// Phase durations (one phase: it runs all the time).
+    durs: &'a [Nanos],
+    repeat: bool,
 }
 
-/// Pages of a segment the guest writes before the first iteration's sender reaches them (see
-/// [`zero_pages_lost`]). Closed form per curve.
-fn seg_written_early(sg: &Seg, mem: f64, t0_ns: f64) -> f64 {
-    let tau = t0_ns / mem / 1e9; // seconds until the sender reaches page x, per page
-    if sg.phase != 0 || sg.rate <= 0.0 || sg.pages <= 0.0 {
+/// Above this many phase switches within one segment's share of the first pass, the time a
+/// phase has run is interpolated over this many equal steps instead (each step then spans
+/// many phase periods, over which the phase's share of time is steady).
+const MAX_PHASE_STEPS: usize = 512;
+
+impl PhaseClock<'_> {
+    /// (start, duration, period) of phase `p` in seconds; the period is infinite without
+    /// repetition, and so is the duration of the last phase.
+    fn window(&self, p: usize) -> (f64, f64, f64) {
+        let n = self.durs.len();
+        let start: f64 = self.durs[..p].iter().map(|&d| d as f64 / 1e9).sum();
+        if !self.repeat {
+            let dur = if p + 1 == n {
+                f64::INFINITY
+            } else {
+                self.durs[p] as f64 / 1e9
+            };
+            return (start, dur, f64::INFINITY);
+        }
+        let period: f64 = self.durs.iter().map(|&d| d as f64 / 1e9).sum();
+        (start, self.durs[p] as f64 / 1e9, period)
+    }
+
+    /// Guest seconds phase `p` has run by guest second `t`.
+    fn active(&self, p: usize, t: f64) -> f64 {
+        if self.durs.len() <= 1 {
+            return t.max(0.0);
+        }
+        let (start, dur, period) = self.window(p);
+        if period.is_finite() && period > 0.0 {
+            let full = (t / period).floor();
+            full * dur + (t - full * period - start).clamp(0.0, dur)
+        } else {
+            (t - start).clamp(0.0, dur)
+        }
+    }
+
+    /// Times strictly inside `(t1, t2)` where phase `p` starts or stops, in order, into `out`;
+    /// false (and `out` cleared) when there are more than [`MAX_PHASE_STEPS`].
+    fn switches(&self, p: usize, t1: f64, t2: f64, out: &mut Vec<f64>) -> bool {
+        out.clear();
+        if self.durs.len() <= 1 {
+            return true;
+        }
+        let (start, dur, period) = self.window(p);
+        let mut push = |t: f64| {
+            if t > t1 && t < t2 {
+                out.push(t);
+            }
+        };
+        if !(period.is_finite() && period > 0.0) {
+            push(start);
+            push(start + dur);
+            return true;
+        }
+        if (t2 - t1) / period > MAX_PHASE_STEPS as f64 / 2.0 {
+            return false;
+        }
+        let mut m = ((t1 - start) / period).floor() - 1.0;
+        while start + m * period < t2 {
+            push(start + m * period);
+            push(start + m * period + dur);
+            m += 1.0;
+        }
+        true
+    }
+}
+
+/// Pages of `[x1, x2)` inside segment `sg` that the guest writes before the first iteration's
+/// sender reaches them, the sender reaching page x at `x · tau` seconds. Closed form per curve
+/// over each stretch where the segment's phase runs or rests.
+fn written_early_in(
+    sg: &Seg,
+    x1: f64,
+    x2: f64,
+    tau: f64,
+    clock: &PhaseClock,
+    buf: &mut Vec<f64>,
+) -> f64 {
+    if sg.phase == usize::MAX || sg.rate <= 0.0 || sg.pages <= 0.0 || x2 <= x1 {
         return 0.0;
     }
-    {
-        let (a, w) = (sg.first, sg.pages);
-        match sg.curve {
+    if sg.curve == Curve::Sequential {
+        // Each instance of the phase restarts the scan at the segment's first page, so a page
+        // is first written in the first instance (when at all): page a + y at
+        // `start + y/rate`, for y below what one instance covers. Lost when that comes before
+        // the sender: y·(1/rate − tau) < a·tau − start.
+        let (start, dur) = if clock.durs.len() <= 1 {
+            (0.0, f64::INFINITY)
+        } else {
+            let (s, d, _) = clock.window(sg.phase);
+            (s, d)
+        };
+        let a = sg.first;
+        let reach = (sg.rate * dur).min(sg.pages);
+        let (y1, y2) = ((x1 - a).max(0.0), (x2 - a).min(reach));
+        if y2 <= y1 {
+            return 0.0;
+        }
+        let (g, h) = (1.0 / sg.rate - tau, a * tau - start);
+        let (lo, hi) = if g > 0.0 {
+            (y1, y2.min(h / g))
+        } else if g < 0.0 {
+            (y1.max(h / g), y2)
+        } else if h > 0.0 {
+            (y1, y2)
+        } else {
+            (y1, y1)
+        };
+        return (hi - lo).max(0.0);
+    }
+    // Distinct pages per write for the uniform curve, and the stretch's ends in sender time.
+    let c = sg.rate / sg.pages;
+    let steps = if clock.switches(sg.phase, x1 * tau, x2 * tau, buf) {
+        buf.len() + 1
+    } else {
+        MAX_PHASE_STEPS
+    };
+    let mut total = 0.0;
+    for i in 0..steps {
+        // Stretch [u, v) of pages over which the phase's run time grows linearly.
+        let (u, v) = if steps == buf.len() + 1 {
+            (
+                if i == 0 { x1 } else { buf[i - 1] / tau },
+                if i + 1 == steps { x2 } else { buf[i] / tau },
+            )
+        } else {
+            let l = (x2 - x1) / steps as f64;
+            (
+                x1 + i as f64 * l,
+                if i + 1 == steps {
+                    x2
+                } else {
+                    x1 + (i + 1) as f64 * l
+                },
+            )
+        };
+        let len = v - u;
+        if len <= 0.0 {
+            continue;
+        }
+        let g0 = c * clock.active(sg.phase, u * tau);
+        let g1 = c * clock.active(sg.phase, v * tau);
+        total += match sg.curve {
+            // ∫ 1 − e^(−g) with g linear from g0 to g1
             Curve::Uniform => {
-                // ∫_a^{a+w} 1 − e^(−k·x) dx with k = rate·tau/w
-                let k = sg.rate * tau / w;
-                if k * (a + w) < 1e-9 {
-                    k * ((a + w).powi(2) - a * a) / 2.0
+                let d = g1 - g0;
+                let mean_decay = if d > 1e-9 {
+                    -(-d).exp_m1() / d
                 } else {
-                    w - ((-k * a).exp() - (-k * (a + w)).exp()) / k
-                }
-            }
-            Curve::Sequential => {
-                // page x is written first at (x − a)/rate seconds: lost when that is before x·tau
-                let rt = sg.rate * tau;
-                if rt >= 1.0 {
-                    w
-                } else {
-                    (a / (1.0 - rt) - a).clamp(0.0, w)
-                }
-            }
-            Curve::Linear => {
-                // min(1, rate·x·tau/w) integrated over the segment
-                let k = sg.rate * tau / w;
-                let full_from = if k > 0.0 { 1.0 / k } else { f64::INFINITY };
-                let lo = a;
-                let hi = (a + w).min(full_from.max(a));
-                let part = if hi > lo {
-                    k * (hi * hi - lo * lo) / 2.0
-                } else {
-                    0.0
+                    1.0 - d / 2.0
                 };
-                part + (a + w - hi).max(0.0)
+                len * (1.0 - (-g0).exp() * mean_decay)
+            }
+            // ∫ min(1, g) with g linear from g0 to g1
+            Curve::Linear => {
+                if g1 <= 1.0 {
+                    len * (g0 + g1) / 2.0
+                } else if g0 >= 1.0 {
+                    len
+                } else {
+                    let s = len * (1.0 - g0) / (g1 - g0);
+                    s * (g0 + 1.0) / 2.0 + (len - s)
+                }
+            }
+            Curve::Sequential => unreachable!("handled above"),
+        };
+    }
+    total
+}
+
+/// Pages the guest writes before the first iteration's sender reaches them, with the sender
+/// moving through memory at a steady pace (page x is sent at x·t0/mem): in all, and per segment
+/// holding first-pass pages (`send > 0`; 0 for the others). Where several segments write the
+/// same pages, a page is lost when any of them writes it (taken as independent over the
+/// stretch); the loss is shared among the segments holding those pages.
+fn first_pass_writes(segs: &[Seg], mem: f64, t0_ns: f64, clock: &PhaseClock) -> (f64, Vec<f64>) {
+    let tau = t0_ns / mem / 1e9;
+    let mut cuts: Vec<f64> = Vec::with_capacity(2 * segs.len());
+    for sg in segs {
+        cuts.push(sg.first);
+        cuts.push(sg.first + sg.pages);
+    }
+    cuts.sort_by(|a, b| a.total_cmp(b));
+    cuts.dedup();
+    let covers = |sg: &Seg, lo: f64, hi: f64| sg.first <= lo && sg.first + sg.pages >= hi;
+    let mut per_seg = vec![0.0; segs.len()];
+    let (mut total, mut buf) = (0.0, Vec::new());
+    for w in cuts.windows(2) {
+        let (lo, hi) = (w[0], w[1]);
+        let mut kept = 1.0; // chance a page here is written by none of the segments
+        let mut lost = 0.0;
+        let mut writers = 0;
+        for sg in segs.iter().filter(|sg| sg.rate > 0.0 && covers(sg, lo, hi)) {
+            let l = written_early_in(sg, lo, hi, tau, clock, &mut buf);
+            kept *= 1.0 - (l / (hi - lo)).min(1.0);
+            lost = l;
+            writers += 1;
+        }
+        if writers > 1 {
+            lost = (hi - lo) * (1.0 - kept);
+        }
+        total += lost;
+        let holders = segs
+            .iter()
+            .filter(|sg| sg.send > 0.0 && covers(sg, lo, hi))
+            .count();
+        for (k, sg) in segs.iter().enumerate() {
+            if sg.send > 0.0 && covers(sg, lo, hi) {
+                per_seg[k] += lost / holders as f64;
             }
         }
     }
+    (total.min(mem), per_seg)
 }
 
 /// Simulate one live migration in fluid (or, with `analytic`, geometric) mode.
@@ -1417,14 +1584,19 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
     let z = sc.vm.zero_page_fraction;
     let mut zero0 = z * mem;
     let mut t0 = (mem - zero0) * page_wire * 8e9 / precopy_bps;
+    let clock = PhaseClock {
+        durs: if f.phases.len() > 1 { &f.phases } else { &[] },
+        repeat: f.repeat,
+    };
     for _ in 0..3 {
-        zero0 = z * mem - zero_pages_lost(&f.segs, z, mem, t0);
+        zero0 = z * (mem - first_pass_writes(&f.segs, mem, t0, &clock).0);
         t0 = ((mem - zero0) * page_wire + zero0 * f.zero_wire) * 8e9 / precopy_bps;
     }
     // Each segment's first-pass bytes: its zero pages less those written early.
     let mut zero_sent = 0.0;
-    for sg in f.segs.iter_mut().filter(|sg| sg.send > 0.0) {
-        let zero = (z * (sg.pages - seg_written_early(sg, mem, t0))).clamp(0.0, sg.pages);
+    let early = first_pass_writes(&f.segs, mem, t0, &clock).1;
+    for (sg, early) in f.segs.iter_mut().zip(early).filter(|(sg, _)| sg.send > 0.0) {
+        let zero = (z * (sg.pages - early)).clamp(0.0, sg.pages);
         sg.send_bytes = (sg.pages - zero) * page_wire + zero * f.zero_wire;
         zero_sent += zero;
     }

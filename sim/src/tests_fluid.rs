@@ -6,7 +6,7 @@ use crate::policy::*;
 use crate::scenario::*;
 use crate::simulate;
 use crate::tests_policies::{run, uniform};
-use workloads::spec::{HotColdSpec, ScanSpec, ZipfSpec};
+use workloads::spec::{HotColdSpec, IdleSpec, PhaseSpec, PhasedSpec, ScanSpec, ZipfSpec};
 use workloads::{Bandwidth, ByteSize, WorkloadSpec, GIB, MIB};
 
 fn scenario(mem: u64, bw: f64, workload: WorkloadSpec, policy: PolicySpec) -> Scenario {
@@ -512,6 +512,84 @@ fn phases_that_write_the_same_pages_dirty_them_once() {
             "{policy}: downtime fluid {:.1} ms vs exact {:.1} ms",
             fd / 1e6,
             ed / 1e6
+        );
+    }
+}
+
+/// Zero pages the first pass loses to guest writes (they go out in full), fluid against the
+/// mean of three exact runs, for phased workloads: each phase writes only while it runs, a
+/// phase that never repeats runs once, and a scan restarts at its first page with each instance.
+#[test]
+fn phased_writes_cost_the_first_pass_its_zero_pages_while_their_phase_runs() {
+    let ph = |v: Vec<(f64, WorkloadSpec)>, repeat: bool| {
+        WorkloadSpec::Phased(PhasedSpec {
+            phases: v
+                .into_iter()
+                .map(|(duration_ms, workload)| PhaseSpec {
+                    duration_ms,
+                    workload,
+                })
+                .collect(),
+            repeat,
+        })
+    };
+    let scan = |wss: u64, rate: f64| {
+        WorkloadSpec::Scan(ScanSpec {
+            wss: Some(ByteSize(wss)),
+            rate_pps: rate,
+            offset: ByteSize(0),
+        })
+    };
+    let idle = || WorkloadSpec::Idle(IdleSpec { rate_pps: 50.0 });
+    let cases = [
+        (
+            "busy 2 s, quiet 3 s",
+            ph(
+                vec![(2000.0, uniform(512 * MIB, 6092.0)), (3000.0, idle())],
+                true,
+            ),
+        ),
+        (
+            "quiet 20 s, then busy for good",
+            ph(
+                vec![(20_000.0, idle()), (1000.0, uniform(GIB, 20_000.0))],
+                false,
+            ),
+        ),
+        (
+            "a scan restarting every second",
+            ph(vec![(500.0, scan(GIB, 20_000.0)), (500.0, idle())], true),
+        ),
+        (
+            "a scan, then uniform writes over the same pages",
+            ph(
+                vec![(3000.0, scan(GIB, 3000.0)), (3000.0, uniform(GIB, 3000.0))],
+                true,
+            ),
+        ),
+    ];
+    for (name, w) in cases {
+        let s = scenario(4 * GIB, 1e8, w, PolicySpec::by_name("xen-legacy").unwrap());
+        let zeros = (s.vm.zero_page_fraction * (4 * GIB / 4096) as f64).round();
+        let lost = |r: &RunResult| zeros - r.rounds[0].zero_pages_sent as f64;
+        let exact: f64 = (1..=3)
+            .map(|seed| {
+                let mut s = s.clone();
+                s.seed = seed;
+                lost(&run(&s))
+            })
+            .sum::<f64>()
+            / 3.0;
+        let fluid = lost(&fluid_of(&s));
+        assert!(
+            exact > 1000.0,
+            "{name}: the case loses too few zero pages ({exact})"
+        );
+        let err = (fluid - exact).abs() / exact;
+        assert!(
+            err < 0.1,
+            "{name}: fluid loses {fluid:.0} zero pages, exact {exact:.0} ({:.1} %)",
+            err * 100.0
         );
     }
 }
