@@ -1376,7 +1376,7 @@ fn written_early_in(
     sg: &Seg,
     x1: f64,
     x2: f64,
-    tau: f64,
+    pace: &Pace,
     clock: &PhaseClock,
     buf: &mut Vec<f64>,
 ) -> f64 {
@@ -1387,7 +1387,7 @@ fn written_early_in(
         // Each instance of the phase restarts the scan at the segment's first page, so a page
         // is first written in the first instance (when at all): page a + y at
         // `start + y/rate`, for y below what one instance covers. Lost when that comes before
-        // the sender: y·(1/rate − tau) < a·tau − start.
+        // the sender, at `pace.at(a + y)`: y·(1/rate − tau) < pace.at(a) − start.
         let (start, dur) = if clock.durs.len() <= 1 {
             (0.0, f64::INFINITY)
         } else {
@@ -1400,7 +1400,7 @@ fn written_early_in(
         if y2 <= y1 {
             return 0.0;
         }
-        let (g, h) = (1.0 / sg.rate - tau, a * tau - start);
+        let (g, h) = (1.0 / sg.rate - pace.tau, pace.at(a) - start);
         let (lo, hi) = if g > 0.0 {
             (y1, y2.min(h / g))
         } else if g < 0.0 {
@@ -1414,7 +1414,7 @@ fn written_early_in(
     }
     // Distinct pages per write for the uniform curve, and the stretch's ends in sender time.
     let c = sg.rate / sg.pages;
-    let steps = if clock.switches(sg.phase, x1 * tau, x2 * tau, buf) {
+    let steps = if clock.switches(sg.phase, pace.at(x1), pace.at(x2), buf) {
         buf.len() + 1
     } else {
         MAX_PHASE_STEPS
@@ -1424,8 +1424,12 @@ fn written_early_in(
         // Stretch [u, v) of pages over which the phase's run time grows linearly.
         let (u, v) = if steps == buf.len() + 1 {
             (
-                if i == 0 { x1 } else { buf[i - 1] / tau },
-                if i + 1 == steps { x2 } else { buf[i] / tau },
+                if i == 0 { x1 } else { pace.page_at(buf[i - 1]) },
+                if i + 1 == steps {
+                    x2
+                } else {
+                    pace.page_at(buf[i])
+                },
             )
         } else {
             let l = (x2 - x1) / steps as f64;
@@ -1442,8 +1446,8 @@ fn written_early_in(
         if len <= 0.0 {
             continue;
         }
-        let g0 = c * clock.active(sg.phase, u * tau);
-        let g1 = c * clock.active(sg.phase, v * tau);
+        let g0 = c * clock.active(sg.phase, pace.at(u));
+        let g1 = c * clock.active(sg.phase, pace.at(v));
         total += match sg.curve {
             // ∫ 1 − e^(−g) with g linear from g0 to g1
             Curve::Uniform => {
@@ -1472,13 +1476,38 @@ fn written_early_in(
     total
 }
 
-/// Pages the guest writes before the first iteration's sender reaches them, with the sender
-/// moving through memory at a steady pace (page x is sent at x·t0/mem): in all, and per segment
-/// holding first-pass pages (`send > 0`; 0 for the others). Where several segments write the
-/// same pages, a page is lost when any of them writes it (taken as independent over the
-/// stretch); the loss is shared among the segments holding those pages.
-fn first_pass_writes(segs: &[Seg], mem: f64, t0_ns: f64, clock: &PhaseClock) -> (f64, Vec<f64>) {
-    let tau = t0_ns / mem / 1e9;
+/// Where the first iteration's sender stands in time: it reaches page x at second
+/// `t + (x − x0) · tau`.
+struct Pace {
+    x0: f64,
+    t: f64,
+    tau: f64,
+}
+
+impl Pace {
+    fn at(&self, x: f64) -> f64 {
+        self.t + (x - self.x0) * self.tau
+    }
+    fn page_at(&self, t: f64) -> f64 {
+        self.x0 + (t - self.t) / self.tau
+    }
+}
+
+/// The first iteration swept in address order: a zero page the guest has not written yet costs
+/// only its marker, so the sender's pace over each stretch of memory depends on how many of its
+/// zero pages the guest wrote first, which depends on when the sender gets there (sending at
+/// `bps` throughout). Returns, per segment holding first-pass pages (`send > 0`; 0 for the
+/// others), the pages written before the sender reached them. Where
+/// several segments write the same pages, a page is lost when any of them writes it (taken as
+/// independent over the stretch); the loss is shared among the segments holding those pages.
+fn first_pass_writes(
+    segs: &[Seg],
+    z: f64,
+    wire: (f64, f64),
+    bps: f64,
+    clock: &PhaseClock,
+) -> Vec<f64> {
+    let (full, zero) = (wire.0 * 8.0 / bps, wire.1 * 8.0 / bps); // seconds per page
     let mut cuts: Vec<f64> = Vec::with_capacity(2 * segs.len());
     for sg in segs {
         cuts.push(sg.first);
@@ -1486,36 +1515,87 @@ fn first_pass_writes(segs: &[Seg], mem: f64, t0_ns: f64, clock: &PhaseClock) -> 
     }
     cuts.sort_by(|a, b| a.total_cmp(b));
     cuts.dedup();
-    let covers = |sg: &Seg, lo: f64, hi: f64| sg.first <= lo && sg.first + sg.pages >= hi;
+    // Segments over each stretch between cuts, as (stretch, segment) pairs in stretch order.
+    let mut over: Vec<(usize, usize)> = Vec::with_capacity(segs.len() + cuts.len());
+    for (k, sg) in segs.iter().enumerate() {
+        let i0 = cuts.partition_point(|&c| c < sg.first);
+        let i1 = cuts.partition_point(|&c| c < sg.first + sg.pages);
+        over.extend((i0..i1).map(|i| (i, k)));
+    }
+    over.sort_unstable();
     let mut per_seg = vec![0.0; segs.len()];
-    let (mut total, mut buf) = (0.0, Vec::new());
-    for w in cuts.windows(2) {
+    let (mut t, mut buf) = (0.0, Vec::new());
+    let mem = cuts.last().copied().unwrap_or(0.0);
+    let mut rest = &over[..];
+    // Share of a step's pages written before the sender got there: the step before's is the
+    // first guess for the next.
+    let mut frac: f64 = 0.0;
+    for (e, w) in cuts.windows(2).enumerate() {
         let (lo, hi) = (w[0], w[1]);
-        let mut kept = 1.0; // chance a page here is written by none of the segments
-        let mut lost = 0.0;
-        let mut writers = 0;
-        for sg in segs.iter().filter(|sg| sg.rate > 0.0 && covers(sg, lo, hi)) {
-            let l = written_early_in(sg, lo, hi, tau, clock, &mut buf);
-            kept *= 1.0 - (l / (hi - lo)).min(1.0);
-            lost = l;
-            writers += 1;
+        let n = rest.iter().take_while(|&&(i, _)| i == e).count();
+        let (here, after) = rest.split_at(n);
+        rest = after;
+        let writers = || {
+            here.iter()
+                .map(|&(_, k)| &segs[k])
+                .filter(|sg| sg.rate > 0.0)
+        };
+        let holders = here.iter().filter(|&&(_, k)| segs[k].send > 0.0).count();
+        let written = writers().next().is_some();
+        // Steps of at most 1/FIRST_PASS_STEPS of memory, over which the pace is taken as even.
+        let steps = if written {
+            ((hi - lo) / mem * FIRST_PASS_STEPS as f64).ceil().max(1.0) as usize
+        } else {
+            1
+        };
+        if !written {
+            frac = 0.0;
         }
-        if writers > 1 {
-            lost = (hi - lo) * (1.0 - kept);
-        }
-        total += lost;
-        let holders = segs
-            .iter()
-            .filter(|sg| sg.send > 0.0 && covers(sg, lo, hi))
-            .count();
-        for (k, sg) in segs.iter().enumerate() {
-            if sg.send > 0.0 && covers(sg, lo, hi) {
+        for i in 0..steps {
+            let u = lo + (hi - lo) * i as f64 / steps as f64;
+            let v = if i + 1 == steps {
+                hi
+            } else {
+                lo + (hi - lo) * (i + 1) as f64 / steps as f64
+            };
+            let len = v - u;
+            // The step's pace and its loss agree after a few rounds of each other.
+            let mut lost = frac * len;
+            let mut tau = full - (full - zero) * z * (1.0 - frac);
+            for _ in 0..if written { FIRST_PASS_ROUNDS } else { 0 } {
+                let pace = Pace { x0: u, t, tau };
+                let mut kept = 1.0; // chance a page here is written by none of the segments
+                let mut n_writers = 0;
+                for sg in writers() {
+                    let l = written_early_in(sg, u, v, &pace, clock, &mut buf);
+                    kept *= 1.0 - (l / len).min(1.0);
+                    lost = l;
+                    n_writers += 1;
+                }
+                if n_writers > 1 {
+                    lost = len * (1.0 - kept);
+                }
+                let was = tau;
+                frac = (lost / len).min(1.0);
+                tau = full - (full - zero) * z * (1.0 - frac);
+                if (tau - was).abs() <= 1e-9 * tau {
+                    break;
+                }
+            }
+            t += len * tau;
+            for &(_, k) in here.iter().filter(|&&(_, k)| segs[k].send > 0.0) {
                 per_seg[k] += lost / holders as f64;
             }
         }
     }
-    (total.min(mem), per_seg)
+    per_seg
 }
+
+/// Rounds of pace against loss per step in [`first_pass_writes`], at most (they stop once the
+/// pace moves by less than a billionth).
+const FIRST_PASS_ROUNDS: usize = 4;
+/// Steps per memory size in [`first_pass_writes`].
+const FIRST_PASS_STEPS: usize = 32;
 
 /// Simulate one live migration in fluid (or, with `analytic`, geometric) mode.
 pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult {
@@ -1582,19 +1662,13 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
         .collect();
     // Round 0: zero pages travel as markers, less those the guest writes before they are sent.
     let z = sc.vm.zero_page_fraction;
-    let mut zero0 = z * mem;
-    let mut t0 = (mem - zero0) * page_wire * 8e9 / precopy_bps;
     let clock = PhaseClock {
         durs: if f.phases.len() > 1 { &f.phases } else { &[] },
         repeat: f.repeat,
     };
-    for _ in 0..3 {
-        zero0 = z * (mem - first_pass_writes(&f.segs, mem, t0, &clock).0);
-        t0 = ((mem - zero0) * page_wire + zero0 * f.zero_wire) * 8e9 / precopy_bps;
-    }
+    let early = first_pass_writes(&f.segs, z, (page_wire, f.zero_wire), precopy_bps, &clock);
     // Each segment's first-pass bytes: its zero pages less those written early.
     let mut zero_sent = 0.0;
-    let early = first_pass_writes(&f.segs, mem, t0, &clock).1;
     for (sg, early) in f.segs.iter_mut().zip(early).filter(|(sg, _)| sg.send > 0.0) {
         let zero = (z * (sg.pages - early)).clamp(0.0, sg.pages);
         sg.send_bytes = (sg.pages - zero) * page_wire + zero * f.zero_wire;

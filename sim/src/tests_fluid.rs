@@ -517,10 +517,12 @@ fn phases_that_write_the_same_pages_dirty_them_once() {
 }
 
 /// Zero pages the first pass loses to guest writes (they go out in full), fluid against the
-/// mean of three exact runs, for phased workloads: each phase writes only while it runs, a
-/// phase that never repeats runs once, and a scan restarts at its first page with each instance.
+/// mean of three exact runs. The sender crosses written memory more slowly (its zero pages are
+/// gone), so it gets to the pages after them later, when more of them are written. For phased
+/// workloads, each phase writes only while it runs, a phase that never repeats runs once, and a
+/// scan restarts at its first page with each instance.
 #[test]
-fn phased_writes_cost_the_first_pass_its_zero_pages_while_their_phase_runs() {
+fn the_first_pass_loses_the_zero_pages_written_before_the_sender_gets_there() {
     let ph = |v: Vec<(f64, WorkloadSpec)>, repeat: bool| {
         WorkloadSpec::Phased(PhasedSpec {
             phases: v
@@ -542,6 +544,7 @@ fn phased_writes_cost_the_first_pass_its_zero_pages_while_their_phase_runs() {
     };
     let idle = || WorkloadSpec::Idle(IdleSpec { rate_pps: 50.0 });
     let cases = [
+        ("uniform writes", uniform(512 * MIB, 6092.0)),
         (
             "busy 2 s, quiet 3 s",
             ph(
@@ -558,7 +561,7 @@ fn phased_writes_cost_the_first_pass_its_zero_pages_while_their_phase_runs() {
         ),
         (
             "a scan restarting every second",
-            ph(vec![(500.0, scan(GIB, 20_000.0)), (500.0, idle())], true),
+            ph(vec![(500.0, scan(GIB, 200_000.0)), (500.0, idle())], true),
         ),
         (
             "a scan, then uniform writes over the same pages",
@@ -586,8 +589,10 @@ fn phased_writes_cost_the_first_pass_its_zero_pages_while_their_phase_runs() {
             "{name}: the case loses too few zero pages ({exact})"
         );
         let err = (fluid - exact).abs() / exact;
+        // (The exact runs place zero pages in random 64-page blocks: over the 100,000 pages
+        // the scan writes, one run's count of them varies by about 2 %.)
         assert!(
-            err < 0.1,
+            err < 0.03,
             "{name}: fluid loses {fluid:.0} zero pages, exact {exact:.0} ({:.1} %)",
             err * 100.0
         );

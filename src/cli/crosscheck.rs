@@ -12,7 +12,9 @@ use sim::Scenario;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use workloads::spec::{HotColdSpec, IdleSpec, ScanSpec, UniformSpec, ZipfSpec};
+use workloads::spec::{
+    HotColdSpec, IdleSpec, PhaseSpec, PhasedSpec, ScanSpec, UniformSpec, ZipfSpec,
+};
 use workloads::{Bandwidth, ByteSize, WorkloadSpec, GIB, MIB};
 
 use super::plot::{render_ratio_figure, RatioFigure};
@@ -109,6 +111,65 @@ pub fn grid() -> Vec<Scenario> {
                     rate_pps: (1.6 * link_pps).round(),
                     offset: ByteSize(0),
                 }),
+            ));
+            // Phased: a burst above the link rate between quiet spells; a wide working set
+            // alternating with a hot set; a scan followed by a small hot set.
+            let phased = |a: (f64, WorkloadSpec), b: (f64, WorkloadSpec)| {
+                WorkloadSpec::Phased(PhasedSpec {
+                    phases: [a, b]
+                        .into_iter()
+                        .map(|(duration_ms, workload)| PhaseSpec {
+                            duration_ms,
+                            workload,
+                        })
+                        .collect(),
+                    repeat: true,
+                })
+            };
+            let uniform = |wss: u64, f: f64| {
+                WorkloadSpec::Uniform(UniformSpec {
+                    wss: ByteSize(wss),
+                    rate_pps: (f * link_pps).round(),
+                    offset: ByteSize(0),
+                })
+            };
+            let narrow = (0.1 * link_pps).round();
+            wls.push((
+                "phased-burst".into(),
+                phased(
+                    (2000.0, uniform(mem / 8, 2.0)),
+                    (3000.0, WorkloadSpec::Idle(IdleSpec { rate_pps: 50.0 })),
+                ),
+            ));
+            wls.push((
+                "phased-wide-hot".into(),
+                phased(
+                    (1000.0, uniform(mem / 4, 0.5)),
+                    (
+                        1000.0,
+                        WorkloadSpec::HotCold(HotColdSpec {
+                            hot_wss: ByteSize(32 * MIB),
+                            hot_rate_pps: narrow,
+                            cold_wss: None,
+                            cold_rate_pps: (narrow / 50.0).round(),
+                            offset: ByteSize(0),
+                        }),
+                    ),
+                ),
+            ));
+            wls.push((
+                "phased-scan-hot".into(),
+                phased(
+                    (
+                        2000.0,
+                        WorkloadSpec::Scan(ScanSpec {
+                            wss: Some(ByteSize(mem / 8)),
+                            rate_pps: (0.3 * link_pps).round(),
+                            offset: ByteSize(0),
+                        }),
+                    ),
+                    (4000.0, uniform(16 * MIB, 0.2)),
+                ),
             ));
             for (wname, w) in wls {
                 for p in policies {
@@ -617,6 +678,9 @@ mod tests {
             "zipf-2",
             "scan-slow",
             "scan-fast",
+            "phased-burst",
+            "phased-wide-hot",
+            "phased-scan-hot",
         ];
         let g = grid();
         for s in &g {
