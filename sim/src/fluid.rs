@@ -920,6 +920,8 @@ struct Fluid<'a> {
     /// Bumped whenever writes or the sweep move; `memo` holds (version, dirty, overlap).
     version: u64,
     memo: std::cell::Cell<(u64, f64, f64)>,
+    /// (version, dirty) from [`Fluid::dirty`], with `seg_dirt` as of that version.
+    memo_count: std::cell::Cell<(u64, f64)>,
     /// What each segment dirtied since the last harvest, as of the memoised state.
     seg_dirt: std::cell::RefCell<Vec<Dirt>>,
     /// Per phase: its latest instance and the guest time into it at the last harvest.
@@ -1025,97 +1027,131 @@ impl Fluid<'_> {
         if v == self.version {
             return (d, o);
         }
-        let mut dirt = self.seg_dirt.take();
-        let (dirty, overlap) = self.dirty_with(0.0, &mut dirt);
-        for (sg, dk) in self.segs.iter().zip(&dirt) {
+        let dirty = self.dirty();
+        let dirt = self.seg_dirt.borrow();
+        let overlap = self.overlap_of(&dirt, dirty);
+        for (sg, dk) in self.segs.iter().zip(dirt.iter()) {
             sg.memo_dirty.set(dk.pages);
         }
-        self.seg_dirt.replace(dirt);
         self.memo.set((self.version, dirty, overlap));
         (dirty, overlap)
     }
 
-    /// [`Fluid::dirty_overlap`] after `extra` more ns of guest time in the current phase
-    /// (without moving the sweep); fills `dirt` with what each segment dirtied.
-    fn dirty_with(&self, extra: f64, dirt: &mut Vec<Dirt>) -> (f64, f64) {
-        let (mut dirty, mut overlap) = (0.0, 0.0);
-        let mem = self.mem;
+    /// Expected pages dirtied after `extra` more ns of guest time in the current phase (without
+    /// moving the sweep); fills `dirt` with what each segment dirtied.
+    fn dirt_count(&self, extra: f64, dirt: &mut Vec<Dirt>) -> f64 {
         let sw = &self.sweep;
         let apart = !sw.overlapping || self.analytic;
+        let mut dirty = 0.0;
         dirt.clear();
-        for (k, (sg, &ahead)) in self.segs.iter().zip(&sw.ahead).enumerate() {
+        for sg in &self.segs {
             let n = self.writes(sg) + sg.rate * extra / 1e9;
-            if n <= 0.0 {
-                dirt.push(Dirt::default());
-                continue;
-            }
             let mut dk = Dirt::default();
-            if sg.located {
-                dk = self.scan_dirt(sg, self.guest_ns + extra);
-                dk.pages = dk.ranges.iter().map(|&(lo, hi)| (hi - lo).max(0.0)).sum();
-            } else {
-                dk.pages = sg.distinct(n);
-                dk.even = dk.pages / sg.pages.max(1.0);
+            if n > 0.0 {
+                if sg.located {
+                    dk = self.scan_dirt(sg, self.guest_ns + extra);
+                    dk.pages = dk.ranges.iter().map(|&(lo, hi)| (hi - lo).max(0.0)).sum();
+                } else {
+                    dk.pages = sg.distinct(n);
+                    dk.even = dk.pages / sg.pages.max(1.0);
+                }
+                if apart {
+                    dirty += dk.pages;
+                }
             }
             dirt.push(dk);
-            if !apart {
-                continue;
-            }
-            dirty += dk.pages;
-            if self.analytic || ahead <= 0.0 {
-                continue;
-            }
-            if sg.located {
-                for (lo, hi) in dk.ranges {
-                    if hi > lo {
-                        overlap += sw.ahead_in(k, lo, hi, mem);
-                    }
-                }
-            } else {
-                overlap += dk.pages * (ahead / sg.pages).min(1.0);
-            }
         }
         if !apart {
-            // Per elementary interval: a page is dirty unless no segment over it dirtied it.
-            for (e, mems) in sw.members.iter().enumerate() {
-                let (lo, hi) = (sw.elem_lo[e], sw.elem_hi[e]);
-                let mut even = 0.0;
-                let mut runs: [(f64, f64); 4 * MAX_LOCATED_MEMBERS] =
-                    [(0.0, 0.0); 4 * MAX_LOCATED_MEMBERS];
-                let mut nr = 0;
-                for &k in mems {
-                    let dk = &dirt[k];
-                    even += dk.even.min(1.0) * (1.0 - even);
-                    for &(a, b) in &dk.ranges {
-                        let (a, b) = (a.max(lo), b.min(hi));
-                        if b > a && nr < runs.len() {
-                            runs[nr] = (a, b);
-                            nr += 1;
-                        }
-                    }
-                }
-                let runs = &mut runs[..nr];
-                runs.sort_by(|x, y| x.0.total_cmp(&y.0));
-                let (mut in_runs, mut ahead_runs, mut reach) = (0.0, 0.0, lo);
-                for &(a, b) in runs.iter() {
-                    let a = a.max(reach);
-                    if b > a {
-                        in_runs += b - a;
-                        ahead_runs += sw.ahead_of(None, a, b, mem);
-                        reach = b;
-                    }
-                }
-                dirty += (hi - lo) * even + (1.0 - even) * in_runs;
-                overlap += even * sw.ahead_e[e].max(0.0) + (1.0 - even) * ahead_runs;
+            for e in 0..sw.members.len() {
+                dirty += self.elem_dirt(e, dirt, false).0;
             }
         }
-        let dirty = dirty.min(mem);
-        let overlap = overlap.min(dirty);
-        (dirty, overlap)
+        dirty.min(self.mem)
     }
 
+    /// How many of the `dirty` pages in `dirt` are still ahead of the sender in this
+    /// iteration's send set (they go out in this iteration anyway).
+    fn overlap_of(&self, dirt: &[Dirt], dirty: f64) -> f64 {
+        let sw = &self.sweep;
+        let mut overlap = 0.0;
+        if !sw.overlapping || self.analytic {
+            if self.analytic {
+                return 0.0;
+            }
+            for (k, (sg, &ahead)) in self.segs.iter().zip(&sw.ahead).enumerate() {
+                let dk = &dirt[k];
+                if ahead <= 0.0 || dk.pages <= 0.0 {
+                    continue;
+                }
+                if sg.located {
+                    for (lo, hi) in dk.ranges {
+                        if hi > lo {
+                            overlap += sw.ahead_in(k, lo, hi, self.mem);
+                        }
+                    }
+                } else {
+                    overlap += dk.pages * (ahead / sg.pages).min(1.0);
+                }
+            }
+        } else {
+            for e in 0..sw.members.len() {
+                overlap += self.elem_dirt(e, dirt, true).1;
+            }
+        }
+        overlap.min(dirty)
+    }
+
+    /// Elementary interval `e` where segments share pages: a page is dirty unless no segment
+    /// over it dirtied it. Returns its dirty pages and (with `overlap`) how many of them are
+    /// still ahead of the sender.
+    fn elem_dirt(&self, e: usize, dirt: &[Dirt], overlap: bool) -> (f64, f64) {
+        let sw = &self.sweep;
+        let (lo, hi) = (sw.elem_lo[e], sw.elem_hi[e]);
+        let mut even = 0.0;
+        let mut runs: [(f64, f64); 4 * MAX_LOCATED_MEMBERS] = [(0.0, 0.0); 4 * MAX_LOCATED_MEMBERS];
+        let mut nr = 0;
+        for &k in &sw.members[e] {
+            let dk = &dirt[k];
+            even += dk.even.min(1.0) * (1.0 - even);
+            for &(a, b) in &dk.ranges {
+                let (a, b) = (a.max(lo), b.min(hi));
+                if b > a && nr < runs.len() {
+                    runs[nr] = (a, b);
+                    nr += 1;
+                }
+            }
+        }
+        let runs = &mut runs[..nr];
+        runs.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let (mut in_runs, mut ahead_runs, mut reach) = (0.0, 0.0, lo);
+        for &(a, b) in runs.iter() {
+            let a = a.max(reach);
+            if b > a {
+                in_runs += b - a;
+                if overlap {
+                    ahead_runs += sw.ahead_of(None, a, b, self.mem);
+                }
+                reach = b;
+            }
+        }
+        (
+            (hi - lo) * even + (1.0 - even) * in_runs,
+            even * sw.ahead_e[e].max(0.0) + (1.0 - even) * ahead_runs,
+        )
+    }
+
+    /// Expected pages dirtied since the last sync (what a policy sees); leaves what each
+    /// segment dirtied in `seg_dirt`.
     fn dirty(&self) -> f64 {
-        self.dirty_overlap().0
+        let (v, d) = self.memo_count.get();
+        if v == self.version {
+            return d;
+        }
+        let mut dirt = self.seg_dirt.take();
+        let d = self.dirt_count(0.0, &mut dirt);
+        self.seg_dirt.replace(dirt);
+        self.memo_count.set((self.version, d));
+        d
     }
 
     /// Let `wall_dt` ns of wall time pass for the guest.
@@ -1252,6 +1288,22 @@ impl Snapshot {
         }
     }
 
+    /// Where located scans' heads stand need not match between `self` and the earlier `o`:
+    /// every harvest since found their ranges all dirty, and the sweep starts where it did or
+    /// (one piece over all of memory) moves on by as much each iteration, which a jump then
+    /// carries on ([`Snapshot::sweep_start_after`]), so that heads and sweep keep their places
+    /// relative to each other once the scans no longer cover their ranges.
+    fn heads_free(&self, o: &Snapshot) -> bool {
+        self.partial_scans == o.partial_scans
+            && (self.x0 == o.x0 || (self.lay.pieces.len() == 1 && o.lay.pieces.len() == 1))
+    }
+
+    /// Where the sweep starts `n` more iterations after `self` (the earlier snapshot `o`
+    /// one iteration back), for a send set in one piece over all of `mem`.
+    fn sweep_start_after(&self, o: &Snapshot, n: f64, mem: f64) -> f64 {
+        (self.x0 + n * (self.x0 - o.x0)).rem_euclid(mem)
+    }
+
     /// Same iteration-start state, to a relative 1e-12 (times to a picosecond).
     fn same_state(&self, o: &Snapshot) -> bool {
         let eq = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs()) + 1e-300;
@@ -1289,7 +1341,7 @@ impl Snapshot {
             && self.throttle == o.throttle
             && eq_t(self.ready_in, o.ready_in)
             && eq_t(self.tick_in, o.tick_in)
-            && (self.partial_scans == o.partial_scans || same(&self.heads, &o.heads))
+            && (same(&self.heads, &o.heads) || self.heads_free(o))
             && same(&self.writes, &o.writes)
     }
 }
@@ -1653,6 +1705,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
             .collect(),
         version: 1,
         memo: std::cell::Cell::new((0, 0.0, 0.0)),
+        memo_count: std::cell::Cell::new((0, 0.0)),
         seg_dirt: Default::default(),
         harvest_at: Vec::new(),
         partial_scans: 0,
@@ -1906,6 +1959,12 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                                 rounds.push(r);
                             }
                         }
+                        if f.sweep.lay.pieces.len() == 1 && now.x0 != prev.x0 {
+                            // One piece over all of memory: only where the sweep starts
+                            // relative to the scans' heads tells iterations apart.
+                            f.sweep.x0 = now.sweep_start_after(prev, nf, f.mem);
+                            f.version += 1;
+                        }
                         let shift = nf * period;
                         t += shift;
                         ready += shift;
@@ -2014,7 +2073,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                     let scratch = std::cell::RefCell::new(Vec::new());
                     let dirty_at = move |j: u64| -> u64 {
                         let extra = j as f64 * gdt * 1e9;
-                        let d = fr.dirty_with(extra, &mut scratch.borrow_mut()).0;
+                        let d = fr.dirt_count(extra, &mut scratch.borrow_mut());
                         d.round() as u64
                     };
                     let fc = SteadyTicks {

@@ -598,3 +598,83 @@ fn the_first_pass_loses_the_zero_pages_written_before_the_sender_gets_there() {
         );
     }
 }
+
+/// A random workload for [`fast_paths_change_nothing_on_random_scenarios`]: every kind fluid
+/// models, rates from 1/20 to 3× the link's page rate, phased ones with phases of 0.2–20 s.
+fn random_workload<R: rand::Rng>(rng: &mut R, mem: u64, link_pps: f64, depth: u32) -> WorkloadSpec {
+    let rate = |rng: &mut R| (link_pps * rng.gen_range(0.05..3.0)).round();
+    let wss = |rng: &mut R| mem >> rng.gen_range(0..6u32);
+    match rng.gen_range(0..if depth == 0 { 6 } else { 5 }) {
+        0 => WorkloadSpec::Idle(IdleSpec {
+            rate_pps: rng.gen_range(0.0..200.0f64).round(),
+        }),
+        1 => uniform(wss(rng), rate(rng)),
+        2 => WorkloadSpec::HotCold(HotColdSpec {
+            hot_wss: ByteSize(wss(rng) / 4),
+            hot_rate_pps: rate(rng),
+            cold_wss: None,
+            cold_rate_pps: (rate(rng) / 50.0).round(),
+            offset: ByteSize(0),
+        }),
+        3 => WorkloadSpec::Zipf(ZipfSpec {
+            wss: ByteSize(wss(rng)),
+            rate_pps: rate(rng),
+            exponent: rng.gen_range(0.6..1.2),
+            offset: ByteSize(0),
+        }),
+        4 => WorkloadSpec::Scan(ScanSpec {
+            wss: Some(ByteSize(wss(rng))),
+            rate_pps: rate(rng),
+            offset: ByteSize(0),
+        }),
+        _ => WorkloadSpec::Phased(PhasedSpec {
+            phases: (0..rng.gen_range(2..4))
+                .map(|_| PhaseSpec {
+                    duration_ms: rng.gen_range(200.0..20_000.0f64).round(),
+                    workload: random_workload(rng, mem, link_pps, depth + 1),
+                })
+                .collect(),
+            repeat: rng.gen_bool(0.7),
+        }),
+    }
+}
+
+/// Skipping ticks and jumping over repeated iterations (fixed points, also those turned around
+/// a working set or with a scan that covers its range) must not change a result: random
+/// scenarios, each run with and without the fast paths.
+#[test]
+fn fast_paths_change_nothing_on_random_scenarios() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(7);
+    let policies: Vec<PolicySpec> = PolicySpec::all_defaults()
+        .into_iter()
+        .filter(|p| !matches!(p, PolicySpec::Postcopy(_)))
+        .collect();
+    let mut ran = 0;
+    for i in 0..1000 {
+        let mem = [GIB / 4, GIB / 2, GIB, 2 * GIB][rng.gen_range(0..4)];
+        let bw = [1e8, 3e8, 1e9, 2.5e9, 1e10][rng.gen_range(0..5)];
+        let link_pps = bw / 8.0 / 4104.0;
+        let w = random_workload(&mut rng, mem, link_pps, 0);
+        let p = policies[rng.gen_range(0..policies.len())].clone();
+        let mut s = scenario(mem, bw, w, p);
+        s.mode = Mode::Fluid;
+        s.limits.max_time_s = 300.0;
+        let Ok(ck) = s.clone().check() else {
+            continue;
+        };
+        ran += 1;
+        let fast = fluid::run(&ck, 0, false, true);
+        let slow = fluid::run(&ck, 0, false, false);
+        if let Err(e) = same(&fast, &slow) {
+            panic!(
+                "case {i}: the fast paths changed the result: {e}\n{}",
+                toml::to_string(&s).unwrap_or_default()
+            );
+        }
+    }
+    assert!(
+        ran >= 900,
+        "only {ran} of 1,000 random scenarios were valid"
+    );
+}
