@@ -1594,27 +1594,19 @@ fn first_pass_writes(
         };
         let holders = here.iter().filter(|&&(_, k)| segs[k].send > 0.0).count();
         let written = writers().next().is_some();
-        // Steps of at most 1/FIRST_PASS_STEPS of memory, over which the pace is taken as even.
-        let steps = if written {
-            ((hi - lo) / mem * FIRST_PASS_STEPS as f64).ceil().max(1.0) as usize
-        } else {
-            1
-        };
         if !written {
+            t += (hi - lo) * (full - (full - zero) * z);
             frac = 0.0;
+            continue;
         }
-        for i in 0..steps {
-            let u = lo + (hi - lo) * i as f64 / steps as f64;
-            let v = if i + 1 == steps {
-                hi
-            } else {
-                lo + (hi - lo) * (i + 1) as f64 / steps as f64
-            };
+        // The pages of [u, v) written before the sender gets there, with the sender at `u` at
+        // second `t`, and its pace: they agree after a few rounds of each other (the share
+        // `frac` lost over the stretch before is the first guess).
+        let mut step = |u: f64, v: f64, t: f64, mut frac: f64| -> (f64, f64, f64) {
             let len = v - u;
-            // The step's pace and its loss agree after a few rounds of each other.
             let mut lost = frac * len;
             let mut tau = full - (full - zero) * z * (1.0 - frac);
-            for _ in 0..if written { FIRST_PASS_ROUNDS } else { 0 } {
+            for _ in 0..FIRST_PASS_ROUNDS {
                 let pace = Pace { x0: u, t, tau };
                 let mut kept = 1.0; // chance a page here is written by none of the segments
                 let mut n_writers = 0;
@@ -1634,10 +1626,36 @@ fn first_pass_writes(
                     break;
                 }
             }
-            t += len * tau;
-            for &(_, k) in here.iter().filter(|&&(_, k)| segs[k].send > 0.0) {
-                per_seg[k] += lost / holders as f64;
+            (lost, tau, frac)
+        };
+        // One step when little is lost (the pace hardly varies); otherwise steps of at most
+        // 1/FIRST_PASS_STEPS of memory, over each of which the pace is taken as even.
+        let whole = step(lo, hi, t, frac);
+        let steps = if whole.2 <= FIRST_PASS_EVEN {
+            1
+        } else {
+            ((hi - lo) / mem * FIRST_PASS_STEPS as f64).ceil().max(1.0) as usize
+        };
+        let mut lost_here = 0.0;
+        if steps == 1 {
+            (lost_here, frac) = (whole.0, whole.2);
+            t += (hi - lo) * whole.1;
+        } else {
+            for i in 0..steps {
+                let u = lo + (hi - lo) * i as f64 / steps as f64;
+                let v = if i + 1 == steps {
+                    hi
+                } else {
+                    lo + (hi - lo) * (i + 1) as f64 / steps as f64
+                };
+                let (lost, tau, f) = step(u, v, t, frac);
+                lost_here += lost;
+                frac = f;
+                t += (v - u) * tau;
             }
+        }
+        for &(_, k) in here.iter().filter(|&&(_, k)| segs[k].send > 0.0) {
+            per_seg[k] += lost_here / holders as f64;
         }
     }
     per_seg
@@ -1646,8 +1664,10 @@ fn first_pass_writes(
 /// Rounds of pace against loss per step in [`first_pass_writes`], at most (they stop once the
 /// pace moves by less than a billionth).
 const FIRST_PASS_ROUNDS: usize = 4;
-/// Steps per memory size in [`first_pass_writes`].
+/// Steps per memory size in [`first_pass_writes`], for stretches that lose more than
+/// [`FIRST_PASS_EVEN`] of their pages.
 const FIRST_PASS_STEPS: usize = 32;
+const FIRST_PASS_EVEN: f64 = 0.01;
 
 /// Simulate one live migration in fluid (or, with `analytic`, geometric) mode.
 pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult {

@@ -121,7 +121,30 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                 us[us.len() - 1]
             );
         }
-        for (_, line) in timed.iter().take(a.slowest) {
+        // Where the time goes, per policy (best-of-3 times, so shares of their sum).
+        let total: f64 = timed.iter().map(|t| t.0).sum();
+        let mut per: Vec<(String, usize, f64)> = Vec::new();
+        for (us, _, policy) in &timed {
+            match per.iter_mut().find(|p| &p.0 == policy) {
+                Some(p) => {
+                    p.1 += 1;
+                    p.2 += us;
+                }
+                None => per.push((policy.clone(), 1, *us)),
+            }
+        }
+        per.sort_by(|a, b| b.2.total_cmp(&a.2));
+        if let Some((top, n, us)) = per.first().filter(|_| total > 0.0) {
+            let rest_n = timed.len() - n;
+            println!(
+                "    per policy: {top} takes {:.0} % ({n} scenarios, {:.0} µs); the other {rest_n} \
+                 run at {:.0} scenarios/s",
+                us / total * 100.0,
+                us,
+                rest_n as f64 / ((total - us) / 1e6)
+            );
+        }
+        for (_, line, _) in timed.iter().take(a.slowest) {
             println!("    {line}");
         }
     }
@@ -229,8 +252,8 @@ fn sweep_scaling() -> Result<bool> {
 
 /// Every scenario of `grid` with its simulation time in µs (best of 3) and a description,
 /// slowest first.
-fn scenario_times(grid: &[sim::Checked]) -> Vec<(f64, String)> {
-    let mut timed: Vec<(f64, String)> = grid
+fn scenario_times(grid: &[sim::Checked]) -> Vec<(f64, String, String)> {
+    let mut timed: Vec<(f64, String, String)> = grid
         .iter()
         .map(|ck| {
             let mut best = f64::INFINITY;
@@ -251,7 +274,7 @@ fn scenario_times(grid: &[sim::Checked]) -> Vec<(f64, String)> {
                 r.rounds,
                 r.total_time_ns as f64 / 1e9
             );
-            (best, what)
+            (best, what, r.policy)
         })
         .collect();
     timed.sort_by(|a, b| b.0.total_cmp(&a.0));
