@@ -519,29 +519,26 @@ impl Sweep {
         pages
     }
 
-    /// Bytes from the sweep's position over which every byte carries the same number of
-    /// pages (and that number): the stretch where a steady tick sends a steady page count.
-    fn steady_bytes(&self, mem: f64) -> (f64, f64) {
+    /// The rest of this iteration's send set from the sweep's position, as cumulative (bytes,
+    /// pages) at the end of each stretch holding any, into `out`: the pages a number of bytes
+    /// carries, as [`Sweep::advance`] would send them.
+    fn send_table(&self, mem: f64, out: &mut Vec<(f64, f64)>) {
+        out.clear();
         let n = self.lay.pieces.len();
-        let (mut s, mut i, mut bytes) = (self.s, self.at, 0.0);
-        let mut ratio: Option<f64> = None;
+        let (mut s, mut i) = (self.s, self.at);
+        let (mut bytes, mut pages) = (0.0, 0.0);
         while s < mem {
             let x = wrap(self.x0 + s, mem);
             let room = (self.lay.pieces[i].hi - x).max(0.0).min(mem - s);
             let b = self.lay.btot[i];
-            if b > 0.0 {
-                let r = self.lay.tot[i] / b;
-                match ratio {
-                    None => ratio = Some(r),
-                    Some(q) if (q - r).abs() <= 1e-12 * q.abs() => {}
-                    Some(_) => break,
-                }
+            if b > 0.0 && room > 0.0 {
                 bytes += room * b;
+                pages += room * self.lay.tot[i];
+                out.push((bytes, pages));
             }
             s += room;
             i = (i + 1) % n;
         }
-        (bytes, ratio.unwrap_or(0.0))
     }
 
     /// A harvest at the sweep's position: pages already swept this iteration are gone, those
@@ -2072,8 +2069,8 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                 last_bw,
             );
             decision = policy.decide(&obs);
-            // Over a steady stretch up to the next round end the policy may vouch for a run
-            // of ticks that change nothing; jump over them.
+            // Up to the next round end the policy may vouch for a run of ticks that change
+            // nothing; jump over them.
             if let (Trigger::Tick, Decision::Continue, Some(p), Some(nt), true) = (
                 trig,
                 &decision,
@@ -2081,12 +2078,13 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                 next_tick,
                 skip_ticks && f.phases.len() <= 1 && ready <= t,
             ) {
-                // Steady up to the round end or where the pages per byte change.
-                let (steady, pages_per_byte) = f.sweep.steady_bytes(f.mem);
-                let horizon = (t + f.send_bytes.min(steady) * 8e9 / precopy_bps).min(max_time);
+                // Up to the round end (the pages per tick follow the send set's layout).
+                let horizon = (t + f.send_bytes * 8e9 / precopy_bps).min(max_time);
                 let max_ticks = ((horizon - t) / p).ceil() as u64;
                 let max_ticks = max_ticks.saturating_sub(2);
-                if max_ticks > 0 && pages_per_byte > 0.0 {
+                let mut table = Vec::new();
+                f.sweep.send_table(f.mem, &mut table);
+                if max_ticks > 0 && !table.is_empty() {
                     let bytes_per_tick = p * precopy_bps / 8e9;
                     let gdt = p * (1.0 - f.throttle) / 1e9;
                     let fr = &f;
@@ -2096,11 +2094,20 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                         let d = fr.dirt_count(extra, &mut scratch.borrow_mut());
                         d.round() as u64
                     };
+                    let sent_at = |j: u64| -> f64 {
+                        let b = j as f64 * bytes_per_tick;
+                        let i = table.partition_point(|&(cb, _)| cb < b);
+                        let Some(&(cb, cp)) = table.get(i) else {
+                            return table.last().map_or(0.0, |l| l.1);
+                        };
+                        let (b0, p0) = if i == 0 { (0.0, 0.0) } else { table[i - 1] };
+                        p0 + (b - b0) * (cp - p0) / (cb - b0)
+                    };
                     let fc = SteadyTicks {
                         period_ns: p as u64,
                         max_ticks,
-                        pages_per_tick: bytes_per_tick * pages_per_byte,
                         bytes_per_tick,
+                        sent_at: &sent_at,
                         dirty_at: &dirty_at,
                     };
                     let k = policy.skip_ticks(&obs, &fc);

@@ -232,8 +232,8 @@ fn count_skips(ck: &Checked) -> u64 {
     let f = SteadyTicks {
         period_ns: 50_000_000,
         max_ticks: 1000,
-        pages_per_tick: 1500.0,
         bytes_per_tick: 6.25e6,
+        sent_at: &|j| j as f64 * 1500.0,
         dirty_at: &dirty,
     };
     p.skip_ticks(&obs, &f)
@@ -258,8 +258,8 @@ fn qemu_skip_stops_before_the_tick_that_syncs() {
     let f = SteadyTicks {
         period_ns: 50_000_000,
         max_ticks: 10_000,
-        pages_per_tick: 1500.0,
         bytes_per_tick,
+        sent_at: &|j| j as f64 * 1500.0,
         dirty_at: &dirty,
     };
     // Tick by tick, the reference: the first tick answered Sync.

@@ -189,13 +189,15 @@ impl Cycle {
 
 /// A forecast of upcoming ticks over a stretch where pre-copy sends at a steady rate and
 /// nothing else happens (no round end, sync, phase change or throttle change): tick `j`
-/// (1-based) comes `j · period_ns` after the current one, with `j · pages_per_tick` fewer pages
-/// left in the iteration and `j · bytes_per_tick` more bytes sent.
+/// (1-based) comes `j · period_ns` after the current one, with `sent_at(j)` fewer pages left in
+/// the iteration and `j · bytes_per_tick` more bytes sent. The pages a tick's bytes carry may
+/// change along the way (zero pages of the first pass are cheap).
 pub struct SteadyTicks<'a> {
     pub period_ns: u64,
     pub max_ticks: u64,
-    pub pages_per_tick: f64,
     pub bytes_per_tick: f64,
+    /// Pages sent over the next `j` ticks (non-decreasing in `j`).
+    pub sent_at: &'a dyn Fn(u64) -> f64,
     /// Pages dirtied since the last sync as seen at tick `j` (concave in `j`).
     pub dirty_at: &'a dyn Fn(u64) -> u64,
 }
@@ -206,7 +208,7 @@ impl SteadyTicks<'_> {
         let jf = j as f64;
         (
             obs.elapsed_ns + j * self.period_ns,
-            (obs.remaining_pages as f64 - jf * self.pages_per_tick)
+            (obs.remaining_pages as f64 - (self.sent_at)(j))
                 .round()
                 .max(0.0) as u64,
             obs.total_bytes_sent + (jf * self.bytes_per_tick) as u64,

@@ -115,7 +115,7 @@ impl Qemu {
 
 impl Qemu {
     /// The first tick `j ≥ from` whose check could fire with bandwidth `bw`, allowing a page
-    /// and a millionth of the threshold for rounding (u64::MAX: none).
+    /// and a millionth of the threshold for rounding (u64::MAX: none up to `f.max_ticks`).
     fn first_possible_sync(&self, obs: &Observation, f: &SteadyTicks, bw: f64, from: u64) -> u64 {
         let thr = bw / 8.0 * self.limit_ms / 1e3;
         let wire = obs.page_wire_bytes.max(1) as f64;
@@ -124,15 +124,21 @@ impl Qemu {
         if r0 < below {
             return from;
         }
-        if f.pages_per_tick <= 0.0 {
+        // The estimate only falls: bisect for the first tick under the threshold.
+        let fires = |j: u64| r0 - (f.sent_at)(j) < below;
+        let (mut lo, mut hi) = (from.max(1), f.max_ticks);
+        if lo > hi || !fires(hi) {
             return u64::MAX;
         }
-        let j = ((r0 - below) / f.pages_per_tick).floor() + 1.0;
-        if j >= u64::MAX as f64 {
-            u64::MAX
-        } else {
-            (j as u64).max(from)
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if fires(mid) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
         }
+        lo
     }
 
     /// The first tick `j ≥ from` at which the bandwidth window (started at `ws`) closes.
@@ -381,8 +387,8 @@ impl Policy for DowntimeRamp {
         let capped = SteadyTicks {
             period_ns: f.period_ns,
             max_ticks: lo,
-            pages_per_tick: f.pages_per_tick,
             bytes_per_tick: f.bytes_per_tick,
+            sent_at: f.sent_at,
             dirty_at: f.dirty_at,
         };
         self.qemu.set_limit_ms(limit);
