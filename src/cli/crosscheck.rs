@@ -62,56 +62,49 @@ pub fn grid() -> Vec<Scenario> {
         for &bw in &links {
             // Writes per second the link could carry, to scale the rates.
             let link_pps: f64 = bw / 8.0 / 4104.0;
+            let rate = |f: f64| (f * link_pps).round();
+            let uniform = |wss: u64, f: f64| {
+                WorkloadSpec::Uniform(UniformSpec {
+                    wss: ByteSize(wss),
+                    rate_pps: rate(f),
+                    offset: ByteSize(0),
+                })
+            };
+            let hot_cold = |hot: u64, f: f64| {
+                WorkloadSpec::HotCold(HotColdSpec {
+                    hot_wss: ByteSize(hot),
+                    hot_rate_pps: rate(f),
+                    cold_wss: None,
+                    cold_rate_pps: (rate(f) / 50.0).round(),
+                    offset: ByteSize(0),
+                })
+            };
+            let scan = |wss: u64, f: f64| {
+                WorkloadSpec::Scan(ScanSpec {
+                    wss: Some(ByteSize(wss)),
+                    rate_pps: rate(f),
+                    offset: ByteSize(0),
+                })
+            };
             let mut wls = vec![(
                 "idle".to_string(),
                 WorkloadSpec::Idle(IdleSpec { rate_pps: 50.0 }),
             )];
             for f in [0.1, 0.5, 2.0] {
-                let r = (f * link_pps).round();
-                wls.push((
-                    format!("uniform-{f}"),
-                    WorkloadSpec::Uniform(UniformSpec {
-                        wss: ByteSize(mem / 8),
-                        rate_pps: r,
-                        offset: ByteSize(0),
-                    }),
-                ));
-                wls.push((
-                    format!("hotcold-{f}"),
-                    WorkloadSpec::HotCold(HotColdSpec {
-                        hot_wss: ByteSize(64 * MIB),
-                        hot_rate_pps: r,
-                        cold_wss: None,
-                        cold_rate_pps: (r / 50.0).round(),
-                        offset: ByteSize(0),
-                    }),
-                ));
+                wls.push((format!("uniform-{f}"), uniform(mem / 8, f)));
+                wls.push((format!("hotcold-{f}"), hot_cold(64 * MIB, f)));
                 wls.push((
                     format!("zipf-{f}"),
                     WorkloadSpec::Zipf(ZipfSpec {
                         wss: ByteSize(mem / 4),
-                        rate_pps: r,
+                        rate_pps: rate(f),
                         exponent: 0.99,
                         offset: ByteSize(0),
                     }),
                 ));
             }
-            wls.push((
-                "scan-slow".into(),
-                WorkloadSpec::Scan(ScanSpec {
-                    wss: Some(ByteSize(mem / 16)),
-                    rate_pps: (0.05 * link_pps).round(),
-                    offset: ByteSize(0),
-                }),
-            ));
-            wls.push((
-                "scan-fast".into(),
-                WorkloadSpec::Scan(ScanSpec {
-                    wss: Some(ByteSize(mem / 4)),
-                    rate_pps: (1.6 * link_pps).round(),
-                    offset: ByteSize(0),
-                }),
-            ));
+            wls.push(("scan-slow".into(), scan(mem / 16, 0.05)));
+            wls.push(("scan-fast".into(), scan(mem / 4, 1.6)));
             // Phased: a burst above the link rate between quiet spells; a wide working set
             // alternating with a hot set; a scan followed by a small hot set.
             let phased = |a: (f64, WorkloadSpec), b: (f64, WorkloadSpec)| {
@@ -126,48 +119,22 @@ pub fn grid() -> Vec<Scenario> {
                     repeat: true,
                 })
             };
-            let uniform = |wss: u64, f: f64| {
-                WorkloadSpec::Uniform(UniformSpec {
-                    wss: ByteSize(wss),
-                    rate_pps: (f * link_pps).round(),
-                    offset: ByteSize(0),
-                })
-            };
-            let narrow = (0.1 * link_pps).round();
+            let idle = WorkloadSpec::Idle(IdleSpec { rate_pps: 50.0 });
             wls.push((
                 "phased-burst".into(),
-                phased(
-                    (2000.0, uniform(mem / 8, 2.0)),
-                    (3000.0, WorkloadSpec::Idle(IdleSpec { rate_pps: 50.0 })),
-                ),
+                phased((2000.0, uniform(mem / 8, 2.0)), (3000.0, idle)),
             ));
             wls.push((
                 "phased-wide-hot".into(),
                 phased(
                     (1000.0, uniform(mem / 4, 0.5)),
-                    (
-                        1000.0,
-                        WorkloadSpec::HotCold(HotColdSpec {
-                            hot_wss: ByteSize(32 * MIB),
-                            hot_rate_pps: narrow,
-                            cold_wss: None,
-                            cold_rate_pps: (narrow / 50.0).round(),
-                            offset: ByteSize(0),
-                        }),
-                    ),
+                    (1000.0, hot_cold(32 * MIB, 0.1)),
                 ),
             ));
             wls.push((
                 "phased-scan-hot".into(),
                 phased(
-                    (
-                        2000.0,
-                        WorkloadSpec::Scan(ScanSpec {
-                            wss: Some(ByteSize(mem / 8)),
-                            rate_pps: (0.3 * link_pps).round(),
-                            offset: ByteSize(0),
-                        }),
-                    ),
+                    (2000.0, scan(mem / 8, 0.3)),
                     (4000.0, uniform(16 * MIB, 0.2)),
                 ),
             ));
