@@ -32,6 +32,32 @@ fn exact_and_fluid(s: &Scenario) -> (RunResult, RunResult) {
     (run(s), fluid_of(s))
 }
 
+/// `s` in exact mode under each of `seeds` (the exact engine is one random draw).
+fn exact_seeds(s: &Scenario, seeds: &[u64]) -> Vec<RunResult> {
+    seeds
+        .iter()
+        .map(|&seed| {
+            let mut se = s.clone();
+            se.seed = seed;
+            run(&se)
+        })
+        .collect()
+}
+
+/// Phases of (duration in ms, workload), in turn.
+fn phased(phases: Vec<(f64, WorkloadSpec)>, repeat: bool) -> WorkloadSpec {
+    WorkloadSpec::Phased(PhasedSpec {
+        phases: phases
+            .into_iter()
+            .map(|(duration_ms, workload)| PhaseSpec {
+                duration_ms,
+                workload,
+            })
+            .collect(),
+        repeat,
+    })
+}
+
 /// A scan over all memory at 1.6× the page rate of a link of `bps`.
 fn fast_scan(bps: f64) -> WorkloadSpec {
     WorkloadSpec::Scan(ScanSpec {
@@ -356,14 +382,11 @@ fn zipf_rounds_follow_the_exact_engine_on_average() {
         offset: ByteSize(0),
     });
     let s = scenario(4 * GIB, 1e9, w, PolicySpec::by_name("xen-v2").unwrap());
-    let seeds = [1u64, 2, 3, 4];
+    let runs = exact_seeds(&s, &[1, 2, 3, 4]);
     let mut mean = [0.0f64; 4];
-    for &seed in &seeds {
-        let mut se = s.clone();
-        se.seed = seed;
-        let r = run(&se);
+    for r in &runs {
         for (m, rr) in mean.iter_mut().zip(&r.rounds) {
-            *m += rr.pages_dirtied as f64 / seeds.len() as f64;
+            *m += rr.pages_dirtied as f64 / runs.len() as f64;
         }
     }
     let fluid = fluid_of(&s);
@@ -399,14 +422,12 @@ fn a_mid_pass_sync_leaves_the_rest_of_the_pass_ahead_of_the_sender() {
     ];
     for (bw, w) in cases {
         let s = scenario(512 * MIB, bw, w, PolicySpec::Qemu(QemuSpec::default()));
-        let seeds = [1u64, 2];
-        let mut exact = 0.0;
-        for &seed in &seeds {
-            let mut se = s.clone();
-            se.seed = seed;
-            let r = run(&se);
-            exact += r.report.downtime_ns().unwrap() as f64 / seeds.len() as f64;
-        }
+        let runs = exact_seeds(&s, &[1, 2]);
+        let exact = runs
+            .iter()
+            .map(|r| r.report.downtime_ns().unwrap() as f64)
+            .sum::<f64>()
+            / runs.len() as f64;
         let fluid = fluid_of(&s);
         let f = fluid.report.downtime_ns().unwrap() as f64;
         assert!(
@@ -475,24 +496,15 @@ fn phases_that_write_the_same_pages_dirty_them_once() {
     // inside the scanned range. Counted per class and added, the dirty set came out twice
     // the exact one (the scan counted its whole region, the hot set again); per page, a page
     // any class wrote is dirty once.
-    use workloads::spec::{PhaseSpec, PhasedSpec};
-    let w = WorkloadSpec::Phased(PhasedSpec {
-        phases: vec![
-            PhaseSpec {
-                duration_ms: 2000.0,
-                workload: WorkloadSpec::Scan(ScanSpec {
-                    wss: Some(ByteSize(256 * MIB)),
-                    rate_pps: 20_000.0,
-                    offset: ByteSize(0),
-                }),
-            },
-            PhaseSpec {
-                duration_ms: 3000.0,
-                workload: uniform(32 * MIB, 40_000.0),
-            },
-        ],
-        repeat: true,
+    let scan = WorkloadSpec::Scan(ScanSpec {
+        wss: Some(ByteSize(256 * MIB)),
+        rate_pps: 20_000.0,
+        offset: ByteSize(0),
     });
+    let w = phased(
+        vec![(2000.0, scan), (3000.0, uniform(32 * MIB, 40_000.0))],
+        true,
+    );
     for policy in ["xen-v2", "hyperv-2012r2"] {
         let s = scenario(GIB, 1e9, w.clone(), PolicySpec::by_name(policy).unwrap());
         let (exact, fluid) = exact_and_fluid(&s);
@@ -523,18 +535,6 @@ fn phases_that_write_the_same_pages_dirty_them_once() {
 /// scan restarts at its first page with each instance.
 #[test]
 fn the_first_pass_loses_the_zero_pages_written_before_the_sender_gets_there() {
-    let ph = |v: Vec<(f64, WorkloadSpec)>, repeat: bool| {
-        WorkloadSpec::Phased(PhasedSpec {
-            phases: v
-                .into_iter()
-                .map(|(duration_ms, workload)| PhaseSpec {
-                    duration_ms,
-                    workload,
-                })
-                .collect(),
-            repeat,
-        })
-    };
     let scan = |wss: u64, rate: f64| {
         WorkloadSpec::Scan(ScanSpec {
             wss: Some(ByteSize(wss)),
@@ -547,25 +547,25 @@ fn the_first_pass_loses_the_zero_pages_written_before_the_sender_gets_there() {
         ("uniform writes", uniform(512 * MIB, 6092.0)),
         (
             "busy 2 s, quiet 3 s",
-            ph(
+            phased(
                 vec![(2000.0, uniform(512 * MIB, 6092.0)), (3000.0, idle())],
                 true,
             ),
         ),
         (
             "quiet 20 s, then busy for good",
-            ph(
+            phased(
                 vec![(20_000.0, idle()), (1000.0, uniform(GIB, 20_000.0))],
                 false,
             ),
         ),
         (
             "a scan restarting every second",
-            ph(vec![(500.0, scan(GIB, 200_000.0)), (500.0, idle())], true),
+            phased(vec![(500.0, scan(GIB, 200_000.0)), (500.0, idle())], true),
         ),
         (
             "a scan, then uniform writes over the same pages",
-            ph(
+            phased(
                 vec![(3000.0, scan(GIB, 3000.0)), (3000.0, uniform(GIB, 3000.0))],
                 true,
             ),
@@ -575,14 +575,7 @@ fn the_first_pass_loses_the_zero_pages_written_before_the_sender_gets_there() {
         let s = scenario(4 * GIB, 1e8, w, PolicySpec::by_name("xen-legacy").unwrap());
         let zeros = (s.vm.zero_page_fraction * (4 * GIB / 4096) as f64).round();
         let lost = |r: &RunResult| zeros - r.rounds[0].zero_pages_sent as f64;
-        let exact: f64 = (1..=3)
-            .map(|seed| {
-                let mut s = s.clone();
-                s.seed = seed;
-                lost(&run(&s))
-            })
-            .sum::<f64>()
-            / 3.0;
+        let exact: f64 = exact_seeds(&s, &[1, 2, 3]).iter().map(lost).sum::<f64>() / 3.0;
         let fluid = lost(&fluid_of(&s));
         assert!(
             exact > 1000.0,
@@ -627,15 +620,15 @@ fn random_workload<R: rand::Rng>(rng: &mut R, mem: u64, link_pps: f64, depth: u3
             rate_pps: rate(rng),
             offset: ByteSize(0),
         }),
-        _ => WorkloadSpec::Phased(PhasedSpec {
-            phases: (0..rng.gen_range(2..4))
-                .map(|_| PhaseSpec {
-                    duration_ms: rng.gen_range(200.0..20_000.0f64).round(),
-                    workload: random_workload(rng, mem, link_pps, depth + 1),
+        _ => phased(
+            (0..rng.gen_range(2..4))
+                .map(|_| {
+                    let ms = rng.gen_range(200.0..20_000.0f64).round();
+                    (ms, random_workload(rng, mem, link_pps, depth + 1))
                 })
                 .collect(),
-            repeat: rng.gen_bool(0.7),
-        }),
+            rng.gen_bool(0.7),
+        ),
     }
 }
 
