@@ -24,6 +24,9 @@ use crate::policy::{Cycle, Decision, Observation, RoundSummary, SteadyTicks, Sto
 use crate::scenario::Checked;
 use workloads::spec::{Class, Pattern, Workload};
 
+mod drift;
+use drift::{Consult, Drift, IterLog, LoopVars, ObsCtx, ObsSrc, RecSrc, RoundSrc};
+
 const MAX_ROUNDS: u32 = 100_000;
 const MIN_SYNC_NS: f64 = 1_000.0;
 /// Zipf ranks kept as single pages before buckets grow geometrically.
@@ -1666,6 +1669,12 @@ const FIRST_PASS_ROUNDS: usize = 4;
 const FIRST_PASS_STEPS: usize = 32;
 const FIRST_PASS_EVEN: f64 = 0.01;
 
+#[cfg(test)]
+thread_local! {
+    /// Iterations this thread's runs jumped over along a drift (tests check it is used).
+    pub(crate) static DRIFTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// Simulate one live migration in fluid (or, with `analytic`, geometric) mode.
 pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult {
     run(ck, replicate, analytic, true)
@@ -1772,54 +1781,54 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
     let round_writes0 = 0.0;
     let mut round_writes_start = round_writes0;
     let (mut total_pages, mut total_bytes) = (0.0f64, 0.0f64);
-    let mut last_round: Option<RoundSummary> = None;
+    let mut last_round: Option<RoundSrc> = None;
     let mut last_bw = precopy_bps;
     let mut rounds: Vec<RoundRecord> = Vec::new();
     let mut max_throttle = 0.0f64;
+    let ctx = ObsCtx {
+        mem_bytes: ck.mem_bytes(),
+        page_size: ck.page_size,
+        page_wire: f.page_wire,
+        vcpus: sc.vm.vcpus,
+    };
     let observe = |f: &Fluid,
-                   trigger,
                    t: f64,
-                   round,
+                   round: u32,
                    rp: f64,
                    rb: f64,
                    tp: f64,
                    tb: f64,
                    rs: f64,
-                   lr,
-                   lbw| Observation {
-        trigger,
-        elapsed_ns: t as u64,
-        round,
-        mem_bytes: ck.mem_bytes(),
-        page_size: ck.page_size,
-        page_wire_bytes: f.page_wire as u64,
-        total_bytes_sent: tb as u64,
-        total_pages_sent: tp as u64,
-        round_bytes_sent: rb as u64,
-        round_pages_sent: rp as u64,
-        round_elapsed_ns: (t - rs).max(0.0) as u64,
-        remaining_pages: f.send_pages.round() as u64,
-        dirty_pages: f.dirty().round() as u64,
+                   lr: Option<RoundSrc>,
+                   lbw| ObsSrc {
+        t,
+        round: round as f64,
+        round_pages: rp,
+        round_bytes: rb,
+        total_pages: tp,
+        total_bytes: tb,
+        round_start: rs,
+        remaining: f.send_pages,
+        dirty: f.dirty(),
+        throttle: f.throttle,
         last_round: lr,
-        bandwidth_bps: lbw,
-        dirty_rate_pps: 0.0,
-        throttle_pct: (f.throttle * 100.0).round() as u8,
-        vcpus: sc.vm.vcpus,
+        last_bw: lbw,
+    };
+    let consult = |f: &Fluid, trigger, src: ObsSrc, decision: &Decision| Consult {
+        trigger,
+        decision: decision.clone(),
+        src,
+        x: wrap(f.sweep.x0 + f.sweep.s, f.mem),
+        left: f.send_bytes,
     };
 
-    let mut decision = policy.decide(&observe(
-        &f,
-        Trigger::Start,
-        t,
-        0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        round_start,
-        None,
-        last_bw,
-    ));
+    let mut decision = policy.decide(
+        &observe(&f, t, 0, 0.0, 0.0, 0.0, 0.0, round_start, None, last_bw)
+            .observation(Trigger::Start, &ctx),
+    );
+    // Iterations that move the state by the same step are jumped over.
+    let mut log = IterLog::default();
+    let mut drift = Drift::default();
     let mut pending_trigger: Option<Trigger> = None;
     let mut snaps: Option<Snapshot> = None;
     let mut last_scalars = (f64::NAN, f64::NAN);
@@ -1876,34 +1885,32 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                 last_bw
             };
             let union = f.send_pages + dirty - overlap;
-            rounds.push(RoundRecord {
-                round,
-                start_ns: round_start as u64,
-                duration_ns: dur as u64,
-                pages_sent: round_pages.round() as u64,
-                zero_pages_sent: if round == 0 {
-                    zero_sent.round() as u64
-                } else {
-                    0
-                },
-                bytes_sent: round_bytes.round() as u64,
-                pages_dirtied: dirty.round() as u64,
-                bandwidth_bps: bw,
-                est_downtime_ns: transfer_ns(
-                    (union * f.page_wire) as u64,
-                    if bw > 0.0 { bw } else { precopy_bps },
-                ),
-                throttle_pct: (f.throttle * 100.0).round() as u8,
-                guest_writes: (f.guest_writes - round_writes_start).round() as u64,
-            });
+            let closed = RoundSrc {
+                round: round as f64,
+                dur,
+                pages: round_pages,
+                bytes: round_bytes,
+                dirtied: dirty,
+            };
+            let rec = RecSrc {
+                closed,
+                start: round_start,
+                bw,
+                est_bw: if bw > 0.0 { bw } else { precopy_bps },
+                union_bytes: union * f.page_wire,
+                throttle: f.throttle,
+                guest_writes: f.guest_writes - round_writes_start,
+            };
+            rounds.push(rec.record(if round == 0 {
+                zero_sent.round() as u64
+            } else {
+                0
+            }));
+            if log.recording {
+                log.recs.push(rec);
+            }
             round_writes_start = f.guest_writes;
-            last_round = Some(RoundSummary {
-                round,
-                duration_ns: dur as u64,
-                pages_sent: round_pages as u64,
-                bytes_sent: round_bytes as u64,
-                pages_dirtied: dirty as u64,
-            });
+            last_round = Some(closed);
             if dur > 0.0 && round_bytes > 0.0 {
                 last_bw = bw;
             }
@@ -1920,9 +1927,8 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
             // The check clock restarts after a sync, as in the exact engine.
             next_tick = tick.map(|p| t + p);
             pending_trigger = Some(Trigger::AfterSync);
-            let obs = observe(
+            let src = observe(
                 &f,
-                Trigger::AfterSync,
                 t,
                 round,
                 0.0,
@@ -1933,7 +1939,12 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                 last_round,
                 last_bw,
             );
+            let obs = src.observation(Trigger::AfterSync, &ctx);
             decision = policy.decide(&obs);
+            if log.recording {
+                log.consults
+                    .push(consult(&f, Trigger::AfterSync, src, &decision));
+            }
             // A fixed point: this iteration began in exactly the state the previous one did.
             // Jump over as many identical iterations as the policy vouches for.
             // (A cheap scalar check first: the full state is compared only after the send set
@@ -2000,8 +2011,9 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                             h.1 += gns;
                         }
                         if let Some(lr) = &mut last_round {
-                            lr.round += (n as u32) * per_round as u32;
+                            lr.round += (n * per_round as u64) as f64;
                         }
+                        log.irregular = true;
                     }
                     snaps = None;
                 } else {
@@ -2010,6 +2022,41 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                     snaps = Some(now);
                 }
             }
+            if skip_ticks && decision == Decision::Continue && !log.irregular {
+                let mut lv = LoopVars {
+                    t: &mut t,
+                    ready: &mut ready,
+                    next_tick: &mut next_tick,
+                    round: &mut round,
+                    round_start: &mut round_start,
+                    total_pages: &mut total_pages,
+                    total_bytes: &mut total_bytes,
+                    round_writes_start: &mut round_writes_start,
+                    last_bw: &mut last_bw,
+                };
+                let plan = drift.plan(
+                    &mut f,
+                    &mut lv,
+                    &log,
+                    policy.as_ref(),
+                    &ctx,
+                    max_time,
+                    MAX_ROUNDS,
+                );
+                if let Some(jump) = plan {
+                    #[cfg(test)]
+                    DRIFTED.with(|d| d.set(d.get() + jump.n));
+                    drift.land(&mut f, &mut lv, jump.n);
+                    rounds.extend(jump.recs);
+                    policy = jump.policy;
+                    last_round = jump.last_round;
+                    snaps = None;
+                    last_scalars = (f64::NAN, f64::NAN);
+                }
+            } else {
+                drift.clear();
+            }
+            log.clear(drift.wants_log());
             continue;
         }
         pending_trigger = None;
@@ -2055,9 +2102,8 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
         };
         if let Some(trig) = trigger {
             pending_trigger = Some(trig);
-            let obs = observe(
+            let src = observe(
                 &f,
-                trig,
                 t,
                 round,
                 round_pages,
@@ -2068,7 +2114,11 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                 last_round,
                 last_bw,
             );
+            let obs = src.observation(trig, &ctx);
             decision = policy.decide(&obs);
+            if log.recording {
+                log.consults.push(consult(&f, trig, src, &decision));
+            }
             // Up to the next round end the policy may vouch for a run of ticks that change
             // nothing; jump over them.
             if let (Trigger::Tick, Decision::Continue, Some(p), Some(nt), true) = (
@@ -2113,6 +2163,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                     let k = policy.skip_ticks(&obs, &fc);
                     if k > 0 {
                         next_tick = Some(nt + k as f64 * p);
+                        log.irregular = true;
                     }
                 }
             }

@@ -1184,6 +1184,7 @@ pub fn simulate_probed(
 
 /// Never stops: iterates round by round (syncing when a round is drained), or, with
 /// `sync_every_ns`, also syncs periodically once the first pass is done.
+#[derive(Clone)]
 struct NeverStop {
     sync_every_ns: Option<Nanos>,
 }

@@ -20,6 +20,7 @@
 
 use super::*;
 
+#[derive(Clone)]
 pub struct Adaptive {
     spec: AdaptiveSpec,
     /// Smallest pending set seen at a sync after the first pass.

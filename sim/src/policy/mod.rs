@@ -127,8 +127,20 @@ pub enum Decision {
     Cancel(String),
 }
 
+/// A copy of a policy in its current state (fast modes try a policy on forecast observations
+/// before committing to them). Every `Clone` policy has it.
+pub trait ForkPolicy {
+    fn fork(&self) -> Box<dyn Policy>;
+}
+
+impl<T: Policy + Clone + 'static> ForkPolicy for T {
+    fn fork(&self) -> Box<dyn Policy> {
+        Box::new(self.clone())
+    }
+}
+
 /// A convergence policy. One instance serves one migration.
-pub trait Policy: Send {
+pub trait Policy: Send + ForkPolicy {
     /// Stable name, as in scenario files.
     fn name(&self) -> &'static str;
     /// Interval of [`Trigger::Tick`] observations; `None` means only round ends and syncs.

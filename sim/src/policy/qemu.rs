@@ -10,6 +10,7 @@ use super::*;
 /// auto-converge or dirty-limit, every sync more than a second after the last evaluation checks
 /// whether the guest dirtied more than `throttle_trigger_pct` % of what was sent in the period;
 /// the second such period (counted, then reset) throttles the guest.
+#[derive(Clone)]
 pub struct Qemu {
     spec: QemuSpec,
     vcpus: u32,
@@ -24,6 +25,10 @@ pub struct Qemu {
     high_count: u32,
     throttle_pct: u8,
     dirty_limited: bool,
+    /// Where the bandwidth window stood at the last three syncs, as (ns, bytes) before the
+    /// sync: at a fixed point of the migration the window repeats every iteration or, with
+    /// an odd number of window lengths per iteration, every other one.
+    window_at_syncs: [Option<(u64, u64)>; 3],
 }
 
 impl Qemu {
@@ -41,6 +46,7 @@ impl Qemu {
             high_count: 0,
             throttle_pct: 0,
             dirty_limited: false,
+            window_at_syncs: [None; 3],
         }
     }
 
@@ -56,10 +62,17 @@ impl Qemu {
         self.bandwidth_bps
     }
 
+    /// A bandwidth window of `dt_ns` is complete. Checks come every `check_ms`, which
+    /// usually divides the window, so a window closes at a check exactly its length after
+    /// the one that opened it; a microsecond of slack keeps a clock that counts in fractions
+    /// of a nanosecond from deferring it to the next check.
+    fn window_done(&self, dt_ns: u64) -> bool {
+        dt_ns as f64 + 1e3 >= self.spec.window_ms * 1e6
+    }
+
     fn update_bandwidth(&mut self, obs: &Observation, force: bool) {
         let dt = obs.elapsed_ns.saturating_sub(self.window_start_ns);
-        if dt as f64 >= self.spec.window_ms * 1e6 || (force && dt > 0 && self.bandwidth_bps == 0.0)
-        {
+        if self.window_done(dt) || (force && dt > 0 && self.bandwidth_bps == 0.0) {
             let bytes = obs.total_bytes_sent - self.window_start_bytes;
             self.bandwidth_bps = bytes as f64 * 8e9 / dt as f64;
             self.window_start_ns = obs.elapsed_ns;
@@ -148,10 +161,10 @@ impl Qemu {
         let j = (need / f.period_ns.max(1) as f64).ceil().max(0.0) as u64;
         let mut j = j.max(from);
         // `update_bandwidth` compares integer nanoseconds: settle the boundary exactly.
-        while j > from && (f.at(obs, j - 1).0.saturating_sub(ws)) as f64 >= w {
+        while j > from && self.window_done(f.at(obs, j - 1).0.saturating_sub(ws)) {
             j -= 1;
         }
-        while (f.at(obs, j).0.saturating_sub(ws) as f64) < w {
+        while !self.window_done(f.at(obs, j).0.saturating_sub(ws)) {
             j += 1;
         }
         j
@@ -167,8 +180,25 @@ impl Policy for Qemu {
         if self.spec.auto_converge || self.spec.dirty_limit {
             return 0;
         }
-        // The bandwidth window moves on with the clock.
-        let n = cycle.max_repeats;
+        // The bandwidth window moves on with the clock, provided it stands where it stood a
+        // cycle ago; with an odd number of checks per cycle it may close on alternate checks
+        // from one cycle to the next, and then only an even number of cycles is skipped. A
+        // nanosecond is allowed for the clock's rounding.
+        if cycle.syncs != 1 {
+            return 0;
+        }
+        let same = |a: Option<(u64, u64)>, b: Option<(u64, u64)>| match (a, b) {
+            (Some(a), Some(b)) => a.0.abs_diff(b.0) <= 1 && a.1 == b.1,
+            _ => false,
+        };
+        let [w0, w1, w2] = self.window_at_syncs;
+        let n = if same(w1, w2) {
+            cycle.max_repeats
+        } else if same(w0, w2) {
+            cycle.max_repeats & !1
+        } else {
+            0
+        };
         self.window_start_ns += n * cycle.period_ns;
         self.window_start_bytes += n * cycle.bytes;
         self.period_start_ns += n * cycle.period_ns;
@@ -251,6 +281,14 @@ impl Policy for Qemu {
                 }
             }
             Trigger::AfterSync => {
+                self.window_at_syncs = [
+                    self.window_at_syncs[1],
+                    self.window_at_syncs[2],
+                    Some((
+                        obs.elapsed_ns.saturating_sub(self.window_start_ns),
+                        obs.total_bytes_sent.saturating_sub(self.window_start_bytes),
+                    )),
+                ];
                 let throttle = self.after_sync_throttle(obs);
                 let pending = obs.pending_bytes();
                 let threshold = self.threshold_bytes();
@@ -277,6 +315,7 @@ impl Policy for Qemu {
 /// `max/steps` and rises in `steps` equal steps to `max`, one step every `delay_s_per_gib` ×
 /// memory GiB seconds; the migration is aborted when it exceeds the completion timeout, or when
 /// the pending amount has not reached a new low for `progress_timeout_s`.
+#[derive(Clone)]
 pub struct DowntimeRamp {
     spec: DowntimeRampSpec,
     qemu: Qemu,
@@ -431,6 +470,7 @@ impl Policy for DowntimeRamp {
 
 /// Pre-copy under QEMU's rule, switching to post-copy after `precopy_rounds` iterations, or as
 /// soon as an iteration dirtied at least as many pages as it sent (the target cannot be met).
+#[derive(Clone)]
 pub struct PostCopy {
     spec: PostCopySpec,
     qemu: Qemu,

@@ -4,6 +4,7 @@
 use super::*;
 
 /// Pure stop-and-copy (optionally after one live pass).
+#[derive(Clone)]
 pub struct StopAndCopy {
     spec: StopAndCopySpec,
 }
@@ -34,6 +35,7 @@ impl Policy for StopAndCopy {
 }
 
 /// Hyper-V 2008 R2 style: a fixed number of copy passes with early exits.
+#[derive(Clone)]
 pub struct FixedPasses {
     spec: FixedPassesSpec,
     name: &'static str,
@@ -86,6 +88,7 @@ impl Policy for FixedPasses {
 }
 
 /// Xen's legacy rule from libxc `xc_domain_save`, evaluated at the end of each iteration.
+#[derive(Clone)]
 pub struct XenLegacy {
     spec: XenLegacySpec,
     prev_sent: Option<u64>,
@@ -145,6 +148,7 @@ impl Policy for XenLegacy {
 
 /// Xen's migration v2 rule (`xc_sr_save.c`): after each harvest, stop when fewer than
 /// `dirty_threshold` pages are dirty or after `max_iterations` iterations.
+#[derive(Clone)]
 pub struct XenV2 {
     spec: XenV2Spec,
 }
@@ -186,6 +190,7 @@ impl Policy for XenV2 {
 /// Cloud Hypervisor's rule: after each iteration, stop when nothing is dirty or when sending
 /// the dirty set at the iteration's measured bandwidth fits the downtime budget; past the
 /// timeout, cancel (stay on the source) or ignore (force the switchover).
+#[derive(Clone)]
 pub struct CloudHypervisor {
     spec: CloudHypervisorSpec,
 }
@@ -240,6 +245,7 @@ impl Policy for CloudHypervisor {
 
 /// SimGrid's live-migration model: stop when the remainder can be sent within `max_downtime_ms`
 /// at the bandwidth measured in the last iteration. No iteration cap.
+#[derive(Clone)]
 pub struct SimGrid {
     spec: SimGridSpec,
 }
@@ -280,6 +286,7 @@ impl Policy for SimGrid {
 /// VMware vMotion's Stun During Page Send: while the guest dirties memory faster than it can
 /// be sent, stall its vCPUs (here: a throttle) so the dirty rate falls below the send rate;
 /// switch over when the remainder fits the switchover target.
+#[derive(Clone)]
 pub struct Sdps {
     spec: SdpsSpec,
     throttle: f64,
