@@ -67,6 +67,9 @@ struct Seg {
     send_bytes: f64,
     /// Distinct dirty pages as last computed by `dirty_overlap` (reused by `harvest`).
     memo_dirty: std::cell::Cell<f64>,
+    /// The last (writes, distinct pages) computed by [`Seg::distinct`]: iterations of equal
+    /// length ask for the same counts again.
+    memo_distinct: std::cell::Cell<(f64, f64)>,
     /// A sequential scan whose position is tracked (outside analytic mode): the pages it
     /// dirtied since the last harvest are the runs its head covered, not an even spread.
     located: bool,
@@ -88,7 +91,13 @@ impl Seg {
                     // series to third order; the next term is below 5e-11 of the value
                     n * (1.0 - x * (0.5 - x / 6.0))
                 } else {
-                    self.pages * -(-x).exp_m1()
+                    let (m, d) = self.memo_distinct.get();
+                    if m == n {
+                        return d;
+                    }
+                    let d = self.pages * -(-x).exp_m1();
+                    self.memo_distinct.set((n, d));
+                    d
                 }
             }
             Curve::Sequential => n.min(self.pages),
@@ -148,6 +157,7 @@ fn class_segments(c: &Class, phase: usize, analytic: bool, out: &mut Vec<Seg>) {
         send: 0.0,
         send_bytes: 0.0,
         memo_dirty: std::cell::Cell::new(0.0),
+        memo_distinct: std::cell::Cell::new((0.0, 0.0)),
         located: false,
     };
     match (analytic, c.pattern) {
@@ -263,6 +273,7 @@ fn segments(phases: &[Vec<Class>], mem: u64, analytic: bool) -> Vec<Seg> {
             send: 0.0,
             send_bytes: 0.0,
             memo_dirty: std::cell::Cell::new(0.0),
+            memo_distinct: std::cell::Cell::new((0.0, 0.0)),
             located: false,
         });
     }
@@ -569,6 +580,22 @@ impl Sweep {
             // Cut at the sweep's start and end so each part is wholly swept or wholly ahead,
             // and at the ends of dirtied ranges so each is wholly inside or outside them.
             let mems = &self.members[pc.elem as usize];
+            if let [k] = mems[..] {
+                if dirt[k].ranges.iter().all(|&(lo, hi)| hi <= lo) {
+                    self.harvest_even(
+                        pc,
+                        k,
+                        dirt[k].even,
+                        (x0, x),
+                        analytic,
+                        page_wire,
+                        mem,
+                        segs,
+                        &mut new,
+                    );
+                    continue;
+                }
+            }
             let mut cuts = [pc.hi; 2 + 8 * MAX_LOCATED_MEMBERS + 1];
             cuts[0] = pc.lo;
             let mut nc = 1;
@@ -679,6 +706,71 @@ impl Sweep {
             .pieces
             .partition_point(|p| p.lo <= x)
             .saturating_sub(1);
+    }
+
+    /// [`Sweep::harvest`] for a piece of one segment that dirtied an even share `q` of its
+    /// pages (no located ranges): the same sums, without the general case's bookkeeping.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn harvest_even(
+        &self,
+        pc: &Piece,
+        k: usize,
+        q: f64,
+        (x0, x): (f64, f64),
+        analytic: bool,
+        page_wire: f64,
+        mem: f64,
+        segs: &mut [Seg],
+        new: &mut Layout,
+    ) {
+        let (s, full) = (self.s, self.s >= mem);
+        let mut cuts = [pc.lo, pc.hi, pc.hi, pc.hi];
+        let mut nc = 1;
+        for c in [x0, x] {
+            if c > pc.lo && c < pc.hi {
+                cuts[nc] = c;
+                nc += 1;
+            }
+        }
+        if nc == 3 && cuts[2] < cuts[1] {
+            cuts.swap(1, 2);
+        }
+        let off = pc.off as usize;
+        let (d0, b0) = (self.lay.dens[off], self.lay.bdens[off]);
+        for w in 0..nc {
+            let (lo, hi) = (cuts[w], cuts[w + 1]);
+            if hi <= lo {
+                continue;
+            }
+            let swept = full || wrap(0.5 * (lo + hi) - x0 + mem, mem) < s;
+            let ahead = if swept { 0.0 } else { d0 };
+            let fresh = q.min(1.0) * (1.0 - ahead.min(1.0));
+            let (a, ab) = if swept { (0.0, 0.0) } else { (d0, b0) };
+            let add = if analytic {
+                q
+            } else if q > 0.0 {
+                fresh * q / q
+            } else {
+                0.0
+            };
+            let (d, b) = (a + add, ab + add * page_wire);
+            let start = new.dens.len();
+            new.dens.push(d);
+            new.bdens.push(b);
+            segs[k].send += d * (hi - lo);
+            segs[k].send_bytes += b * (hi - lo);
+            new.push_part(
+                Piece {
+                    lo,
+                    hi,
+                    elem: pc.elem,
+                    off: start as u32,
+                },
+                1,
+                (d, b),
+            );
+        }
     }
 
     /// Keep at most [`MAX_EXTRA_PIECES`] pieces beyond one per elementary interval by merging
@@ -2277,6 +2369,7 @@ mod sweep_tests {
             send,
             send_bytes: send * wire,
             memo_dirty: std::cell::Cell::new(0.0),
+            memo_distinct: std::cell::Cell::new((0.0, 0.0)),
             located: false,
         }
     }

@@ -17,29 +17,12 @@ use crate::engine::{EventQueue, Nanos};
 use crate::metrics::{Downtime, PostcopyStats, RoundRecord, RunReport, RunResult, Status};
 use crate::policy::{Decision, Observation, Policy, RoundSummary, StopReason, Trigger};
 use crate::scenario::Checked;
-use workloads::{mix64, WriteSink, WriteStream, TWO_POW_63};
+use workloads::{mix64, WriteSink, WriteStream};
 
 /// Time to push `bytes` through a link of `bps` bits/s, rounded up to whole nanoseconds.
 #[inline]
 pub fn transfer_ns(bytes: u64, bps: f64) -> Nanos {
-    ceil_u64(workloads::u64_to_f64(bytes) * 8e9 / bps)
-}
-
-/// `x.ceil() as u64` for every f64, without a call into libm. For 0 ≤ x < 2^63: truncation,
-/// plus one when that dropped a fraction (below 2^53 the truncated value converts back
-/// exactly; above, every f64 is an integer). Otherwise `x` is an integer, or negative, NaN or
-/// ≥ 2^64, where `as` gives what it gives for `x.ceil()` (0, 0, saturation).
-#[inline]
-fn ceil_u64(x: f64) -> u64 {
-    if (0.0..TWO_POW_63).contains(&x) {
-        let t = x as i64;
-        return if (t as f64) < x {
-            t as u64 + 1
-        } else {
-            t as u64
-        };
-    }
-    x as u64
+    workloads::ceil_u64(workloads::u64_to_f64(bytes) * 8e9 / bps)
 }
 
 /// Link time one chunk of pages aims to occupy.
@@ -1238,43 +1221,8 @@ pub fn oracle(ck: &Checked, replicate: u32, horizon_ns: Nanos, caps: OracleCaps)
 
 #[cfg(test)]
 mod tests {
-    use super::{ceil_u64, lowest_set_bits, word_spans};
+    use super::{lowest_set_bits, word_spans};
     use proptest::prelude::*;
-    use workloads::TWO_POW_63;
-
-    #[test]
-    fn ceil_u64_matches_ceil_as_at_the_edges() {
-        for x in [
-            0.0,
-            -0.0,
-            -0.5,
-            -1.5,
-            0.5,
-            1.0,
-            1.000_000_1,
-            4.5e15,
-            9.007_199_254_740_993e15,
-            9.223_372_036_854_775e18,
-            TWO_POW_63,
-            1.8e19,
-            1.9e19,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            f64::NAN,
-            f64::MIN_POSITIVE,
-        ] {
-            assert_eq!(ceil_u64(x), x.ceil() as u64, "{x}");
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn ceil_u64_matches_ceil_as(bits in any::<u64>(), x in 0.0f64..2e19) {
-            let f = f64::from_bits(bits);
-            prop_assert_eq!(ceil_u64(f), f.ceil() as u64);
-            prop_assert_eq!(ceil_u64(x), x.ceil() as u64);
-        }
-    }
 
     #[test]
     fn word_spans_cover_the_ranges_once() {

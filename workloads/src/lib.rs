@@ -17,6 +17,7 @@ pub mod units;
 
 pub use spec::{FieldError, Workload, WorkloadSpec};
 pub use stream::{
-    f64_to_u64, hash_str, mix64, u64_to_f64, writes_by, FnSink, WriteSink, WriteStream, TWO_POW_63,
+    ceil_u64, f64_to_u64, hash_str, mix64, round_u64, u64_to_f64, writes_by, FnSink, WriteSink,
+    WriteStream, TWO_POW_63,
 };
 pub use units::{Bandwidth, ByteSize, GIB, KIB, MIB};

@@ -62,6 +62,40 @@ pub fn f64_to_u64(x: f64) -> u64 {
     }
 }
 
+/// `x.ceil() as u64` for every f64, without a call into libm. For 0 ≤ x < 2^63: truncation,
+/// plus one when that dropped a fraction (below 2^53 the truncated value converts back
+/// exactly; above, every f64 is an integer). Otherwise `x` is an integer, or negative, NaN or
+/// ≥ 2^64, where `as` gives what it gives for `x.ceil()` (0, 0, saturation).
+#[inline]
+pub fn ceil_u64(x: f64) -> u64 {
+    if (0.0..TWO_POW_63).contains(&x) {
+        let t = x as i64;
+        return if (t as f64) < x {
+            t as u64 + 1
+        } else {
+            t as u64
+        };
+    }
+    x as u64
+}
+
+/// `x.round() as u64` for every f64, without a call into libm. For 0 ≤ x < 2^63: truncation,
+/// plus one when the dropped fraction is at least a half (it is exact: below 2^53 the
+/// truncated value converts back exactly; above, every f64 is an integer). Otherwise as
+/// [`ceil_u64`].
+#[inline]
+pub fn round_u64(x: f64) -> u64 {
+    if (0.0..TWO_POW_63).contains(&x) {
+        let t = x as i64;
+        return if x - t as f64 >= 0.5 {
+            t as u64 + 1
+        } else {
+            t as u64
+        };
+    }
+    x as u64
+}
+
 /// Receives a stream's writes one page at a time. The stream holds the sink by value (a local)
 /// while it generates, so a sink that counts can keep its counters in registers.
 pub trait WriteSink {
@@ -293,6 +327,51 @@ mod tests {
     use super::*;
     use crate::spec::*;
     use crate::units::{ByteSize, MIB};
+    use proptest::prelude::*;
+
+    const EDGES: [f64; 22] = [
+        0.0,
+        -0.0,
+        -0.4,
+        -0.5,
+        -1.5,
+        0.5,
+        0.499_999_999_999_999_94,
+        1.0,
+        1.5,
+        2.5,
+        1.000_000_1,
+        4.5e15,
+        4.503_599_627_370_495_5e15,
+        9.007_199_254_740_993e15,
+        9.223_372_036_854_775e18,
+        TWO_POW_63,
+        1.8e19,
+        1.9e19,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+        f64::MIN_POSITIVE,
+    ];
+
+    #[test]
+    fn ceil_and_round_match_libm_at_the_edges() {
+        for x in EDGES {
+            assert_eq!(ceil_u64(x), x.ceil() as u64, "ceil {x}");
+            assert_eq!(round_u64(x), x.round() as u64, "round {x}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn ceil_and_round_match_libm(bits in any::<u64>(), x in 0.0f64..2e19, y in 0.0f64..1e6) {
+            let f = f64::from_bits(bits);
+            for v in [f, x, y, y.floor() + 0.5] {
+                prop_assert_eq!(ceil_u64(v), v.ceil() as u64);
+                prop_assert_eq!(round_u64(v), v.round() as u64);
+            }
+        }
+    }
 
     fn uniform(wss_pages: u64, rate: f64) -> Workload {
         WorkloadSpec::Uniform(UniformSpec {

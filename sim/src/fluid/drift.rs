@@ -16,6 +16,7 @@
 
 use super::*;
 use crate::policy::Policy;
+use workloads::round_u64;
 
 /// How a number of the state may move from one iteration start to the next.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -56,7 +57,7 @@ impl RoundSrc {
 
     pub fn summary(&self) -> RoundSummary {
         RoundSummary {
-            round: self.round.round() as u32,
+            round: round_u64(self.round) as u32,
             duration_ns: self.dur as u64,
             pages_sent: self.pages as u64,
             bytes_sent: self.bytes as u64,
@@ -103,17 +104,17 @@ impl RecSrc {
     pub fn record(&self, zero_pages_sent: u64) -> RoundRecord {
         let c = &self.closed;
         RoundRecord {
-            round: c.round.round() as u32,
+            round: round_u64(c.round) as u32,
             start_ns: self.start as u64,
             duration_ns: c.dur as u64,
-            pages_sent: c.pages.round() as u64,
+            pages_sent: round_u64(c.pages),
             zero_pages_sent,
-            bytes_sent: c.bytes.round() as u64,
-            pages_dirtied: c.dirtied.round() as u64,
+            bytes_sent: round_u64(c.bytes),
+            pages_dirtied: round_u64(c.dirtied),
             bandwidth_bps: self.bw,
             est_downtime_ns: transfer_ns(self.union_bytes as u64, self.est_bw),
-            throttle_pct: (self.throttle * 100.0).round() as u8,
-            guest_writes: self.guest_writes.round() as u64,
+            throttle_pct: round_u64(self.throttle * 100.0) as u8,
+            guest_writes: round_u64(self.guest_writes),
         }
     }
 
@@ -180,7 +181,7 @@ impl ObsSrc {
         Observation {
             trigger,
             elapsed_ns: self.t as u64,
-            round: self.round.round() as u32,
+            round: round_u64(self.round) as u32,
             mem_bytes: c.mem_bytes,
             page_size: c.page_size,
             page_wire_bytes: c.page_wire as u64,
@@ -189,12 +190,12 @@ impl ObsSrc {
             round_bytes_sent: self.round_bytes as u64,
             round_pages_sent: self.round_pages as u64,
             round_elapsed_ns: (self.t - self.round_start).max(0.0) as u64,
-            remaining_pages: self.remaining.round() as u64,
-            dirty_pages: self.dirty.round() as u64,
+            remaining_pages: round_u64(self.remaining),
+            dirty_pages: round_u64(self.dirty),
             last_round: self.last_round.map(|r| r.summary()),
             bandwidth_bps: self.last_bw,
             dirty_rate_pps: 0.0,
-            throttle_pct: (self.throttle * 100.0).round() as u8,
+            throttle_pct: round_u64(self.throttle * 100.0) as u8,
             vcpus: c.vcpus,
         }
     }
@@ -417,9 +418,16 @@ fn same_step(a: f64, b: f64, c: f64) -> bool {
 #[derive(Default)]
 pub(super) struct Drift {
     snaps: Vec<Snap>,
-    quick: Vec<[f64; 4]>,
+    /// The cheap test's figures at the last three iteration starts (oldest first), and how
+    /// many of them are filled in.
+    quick: [[f64; 4]; 3],
+    quick_n: usize,
     /// The cheap test passed at the last iteration start.
     quick_ok: bool,
+    /// After a failed attempt, no new one before this iteration (the wait doubles with each
+    /// failure, so that migrations that never drift spend little on trying).
+    resume_at: u32,
+    backoff: u32,
 }
 
 /// A jump found by [`Drift::plan`].
@@ -436,7 +444,7 @@ pub(super) struct Jump {
 impl Drift {
     pub fn clear(&mut self) {
         self.snaps.clear();
-        self.quick.clear();
+        self.quick_n = 0;
         self.quick_ok = false;
     }
 
@@ -466,12 +474,10 @@ impl Drift {
         }
         // A cheap test first: time, totals and the pending set move by constant steps.
         let q = [*lv.t, *lv.total_pages, f.send_pages, f.sweep.x0];
-        self.quick.push(q);
-        if self.quick.len() > 3 {
-            self.quick.remove(0);
-        }
-        let n = self.quick.len();
-        self.quick_ok = n == 3
+        self.quick = [self.quick[1], self.quick[2], q];
+        self.quick_n = (self.quick_n + 1).min(3);
+        self.quick_ok = self.quick_n == 3
+            && *lv.round >= self.resume_at
             && (0..4).all(|j| same_step(self.quick[0][j], self.quick[1][j], self.quick[2][j]));
         if !self.quick_ok || !log.recording {
             self.snaps.clear();
@@ -484,6 +490,28 @@ impl Drift {
         if self.snaps.len() < 3 {
             return None;
         }
+        let jump = self.attempt(f, lv, policy, ctx, max_time, max_rounds);
+        if jump.is_some() {
+            self.backoff = 0;
+        } else {
+            self.backoff = (self.backoff * 2).clamp(4, 256);
+            self.resume_at = *lv.round + self.backoff;
+            self.snaps.clear();
+            self.quick_ok = false;
+        }
+        jump
+    }
+
+    /// Three iteration starts are at hand: see whether they drift and how far.
+    fn attempt(
+        &mut self,
+        f: &mut Fluid,
+        lv: &mut LoopVars,
+        policy: &dyn Policy,
+        ctx: &ObsCtx,
+        max_time: f64,
+        max_rounds: u32,
+    ) -> Option<Jump> {
         let (s0, s1, s2) = (&self.snaps[0], &self.snaps[1], &self.snaps[2]);
         if s0.shape != s1.shape
             || s1.shape != s2.shape
