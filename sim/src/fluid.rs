@@ -2138,8 +2138,8 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                 if let Some(jump) = plan {
                     #[cfg(test)]
                     DRIFTED.with(|d| d.set(d.get() + jump.n));
+                    drift.records(jump.n, &mut rounds);
                     drift.land(&mut f, &mut lv, jump.n);
-                    rounds.extend(jump.recs);
                     policy = jump.policy;
                     last_round = jump.last_round;
                     snaps = None;

@@ -15,7 +15,7 @@
 //! differs), and the engine jumps to the last iteration start before that.
 
 use super::*;
-use crate::policy::Policy;
+use crate::policy::{DriftSync, Policy};
 use workloads::round_u64;
 
 /// How a number of the state may move from one iteration start to the next.
@@ -434,7 +434,6 @@ pub(super) struct Drift {
 pub(super) struct Jump {
     /// Iterations jumped over.
     pub n: u64,
-    pub recs: Vec<RoundRecord>,
     /// The policy as it stands after answering them.
     pub policy: Box<dyn Policy>,
     /// The last closed round at the landing point.
@@ -559,14 +558,65 @@ impl Drift {
         if limit < 2 {
             return None;
         }
-        // Show a copy of the policy the forecast consultations, one iteration at a time,
-        // keeping a copy at the start of every block of iterations to restart from.
+        let (l1, l2) = (&s1.log, &s2.log);
+        let (policy, done) = match Self::answer_syncs(policy, l1, l2, ctx, limit) {
+            Some(answered) => answered,
+            None => Self::replay(policy, l1, l2, ctx, limit),
+        };
+        if done < 2 {
+            return None;
+        }
+        let last_round = (l2.recs.last().zip(l1.recs.last()))
+            .map(|(r, p)| r.closed.ahead(&p.closed, done as f64));
+        Some(Jump {
+            n: done as u64,
+            policy,
+            last_round,
+        })
+    }
+
+    /// A copy of the policy answers only the syncs ahead, when it can ([`Policy::drift_syncs`]):
+    /// the copy, and how many iterations it answered as the last one.
+    fn answer_syncs(
+        policy: &dyn Policy,
+        l1: &IterLog,
+        l2: &IterLog,
+        ctx: &ObsCtx,
+        limit: i64,
+    ) -> Option<(Box<dyn Policy>, i64)> {
+        let (c2, c1) = (l2.consults.last()?, l1.consults.last()?);
+        let pattern: Vec<(Trigger, Decision)> = (l2.consults.iter())
+            .map(|c| (c.trigger, c.decision.clone()))
+            .collect();
+        // The figures the sync's observation would carry, rounded as there.
+        let sync_at = |i: u64| {
+            let src = c2.src.ahead(&c1.src, i as f64);
+            DriftSync {
+                pending_pages: round_u64(src.remaining) + round_u64(src.dirty),
+                total_pages_sent: src.total_pages as u64,
+                round: round_u64(src.round) as u32,
+                bandwidth_bps: src.last_bw,
+                page_wire_bytes: ctx.page_wire as u64,
+            }
+        };
+        let mut trial = policy.fork();
+        let done = trial.drift_syncs(&pattern, &sync_at, limit as u64)?;
+        Some((trial, done as i64))
+    }
+
+    /// A copy of the policy is shown the forecast consultations, one iteration at a time,
+    /// keeping a copy at the start of every block of iterations to restart from: the policy
+    /// after the iterations it answered as the last one, and how many.
+    fn replay(
+        policy: &dyn Policy,
+        l1: &IterLog,
+        l2: &IterLog,
+        ctx: &ObsCtx,
+        limit: i64,
+    ) -> (Box<dyn Policy>, i64) {
         const BLOCK: i64 = 64;
         let mut trial = policy.fork();
         let mut checkpoint = (0i64, policy.fork());
-        let (l1, l2) = (&s1.log, &s2.log);
-        let per = l2.recs.len();
-        let mut recs = Vec::with_capacity(limit.min(1 << 16) as usize * per);
         let mut done = 0i64;
         'cycles: for i in 1..=limit {
             if (i - 1) % BLOCK == 0 {
@@ -578,34 +628,19 @@ impl Drift {
                     break 'cycles;
                 }
             }
-            let new = (l2.recs.iter().zip(&l1.recs)).map(|(r, p)| r.ahead(p, i as f64).record(0));
-            recs.extend(new);
             done = i;
         }
-        if done < 2 {
-            return None;
+        if done == limit {
+            return (trial, done);
         }
-        let policy = if done == limit {
-            trial
-        } else {
-            // The copy answered one consultation too many: replay from the last checkpoint.
-            let (from, mut p) = checkpoint;
-            for i in from + 1..=done {
-                for (c, q) in l2.consults.iter().zip(&l1.consults) {
-                    p.decide(&c.src.ahead(&q.src, i as f64).observation(c.trigger, ctx));
-                }
+        // The copy answered one consultation too many: replay from the last checkpoint.
+        let (from, mut p) = checkpoint;
+        for i in from + 1..=done {
+            for (c, q) in l2.consults.iter().zip(&l1.consults) {
+                p.decide(&c.src.ahead(&q.src, i as f64).observation(c.trigger, ctx));
             }
-            p
-        };
-        recs.truncate(done as usize * per);
-        let last_round = (l2.recs.last().zip(l1.recs.last()))
-            .map(|(r, p)| r.closed.ahead(&p.closed, done as f64));
-        Some(Jump {
-            n: done as u64,
-            recs,
-            policy,
-            last_round,
-        })
+        }
+        (p, done)
     }
 
     /// How many iterations past the last start the state may be carried along its step
@@ -662,6 +697,16 @@ impl Drift {
             }
         }
         limit
+    }
+
+    /// Append the round records of the `n` iterations jumped over to `out`.
+    pub fn records(&self, n: u64, out: &mut Vec<RoundRecord>) {
+        let (l1, l2) = (&self.snaps[1].log, &self.snaps[2].log);
+        out.reserve(n as usize * l2.recs.len());
+        for i in 1..=n {
+            let new = (l2.recs.iter().zip(&l1.recs)).map(|(r, p)| r.ahead(p, i as f64).record(0));
+            out.extend(new);
+        }
     }
 
     /// Carry the state `n` iterations along its step from the last start.

@@ -20,7 +20,7 @@
 
 use super::*;
 
-#[derive(Clone)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Adaptive {
     spec: AdaptiveSpec,
     /// Smallest pending set seen at a sync after the first pass.
@@ -113,13 +113,55 @@ impl Policy for Adaptive {
             Trigger::Tick | Trigger::RoundEnd => return Decision::Sync,
             Trigger::AfterSync => {}
         }
-        let pending = obs.pending_pages();
+        self.after_sync(&DriftSync {
+            pending_pages: obs.pending_pages(),
+            total_pages_sent: obs.total_pages_sent,
+            round: obs.round,
+            bandwidth_bps: obs.bandwidth_bps,
+            page_wire_bytes: obs.page_wire_bytes,
+        })
+    }
+
+    fn drift_syncs(
+        &mut self,
+        pattern: &[(Trigger, Decision)],
+        sync_at: &dyn Fn(u64) -> DriftSync,
+        max: u64,
+    ) -> Option<u64> {
+        // Checks between syncs are answered `Sync` whatever they see (after the first
+        // pass), so only the syncs need answering.
+        let (last, checks) = pattern.split_last()?;
+        let checks_sync = checks
+            .iter()
+            .all(|(t, d)| matches!(t, Trigger::Tick | Trigger::RoundEnd) && *d == Decision::Sync);
+        if !checks_sync || *last != (Trigger::AfterSync, Decision::Continue) {
+            return None;
+        }
+        for i in 1..=max {
+            let s = sync_at(i);
+            if s.round == 0 {
+                return None;
+            }
+            let before = self.clone();
+            if self.after_sync(&s) != Decision::Continue {
+                *self = before;
+                return Some(i - 1);
+            }
+        }
+        Some(max)
+    }
+}
+
+impl Adaptive {
+    /// The answer at a sync.
+    fn after_sync(&mut self, obs: &DriftSync) -> Decision {
+        let pending = obs.pending_pages;
         if pending == 0 {
             return Decision::Stop(StopReason::Converged, "nothing left to send".into());
         }
         if let Some(budget) = self.spec.downtime_budget_ms {
             let bw = obs.bandwidth_bps.max(1.0);
-            let est_ms = obs.pending_bytes() as f64 * 8e3 / bw;
+            let est_ms = (pending * obs.page_wire_bytes) as f64 * 8e3 / bw;
             if est_ms <= budget {
                 return Decision::Stop(
                     StopReason::Converged,
@@ -163,9 +205,7 @@ impl Policy for Adaptive {
         }
         Decision::Continue
     }
-}
 
-impl Adaptive {
     fn stop_on_floor(&self, pending: u64) -> Decision {
         Decision::Stop(
             StopReason::Converged,
@@ -174,5 +214,102 @@ impl Adaptive {
                 self.best
             ),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// An observation after `round` syncs, with the figures a sync ahead shows.
+    fn obs(trigger: Trigger, s: &DriftSync) -> Observation {
+        Observation {
+            trigger,
+            elapsed_ns: s.round as u64 * 20_000_000,
+            round: s.round,
+            mem_bytes: 1 << 32,
+            page_size: 4096,
+            page_wire_bytes: s.page_wire_bytes,
+            total_bytes_sent: s.total_pages_sent * s.page_wire_bytes,
+            total_pages_sent: s.total_pages_sent,
+            round_bytes_sent: 0,
+            round_pages_sent: 0,
+            round_elapsed_ns: 0,
+            remaining_pages: s.pending_pages / 2,
+            dirty_pages: s.pending_pages - s.pending_pages / 2,
+            last_round: None,
+            bandwidth_bps: s.bandwidth_bps,
+            dirty_rate_pps: 0.0,
+            throttle_pct: 0,
+            vcpus: 2,
+        }
+    }
+
+    #[test]
+    fn answering_only_the_syncs_of_a_drift_matches_answering_every_check() {
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(11);
+        let mut stopped = 0;
+        for case in 0..2000 {
+            let spec = AdaptiveSpec {
+                min_gain: [0.0, 0.01, 0.05, 0.2][rng.gen_range(0..4)],
+                floor_tolerance: [0.0, 0.02, 0.1][rng.gen_range(0..3)],
+                patience_syncs: rng.gen_range(0..8),
+                max_rounds: rng.gen_range(5..400),
+                downtime_budget_ms: [None, Some(50.0), Some(500.0)][rng.gen_range(0..3)],
+                ..AdaptiveSpec::default()
+            };
+            // A history of a few syncs, then a drift: pending and sent move along lines.
+            let (p0, dp) = (rng.gen_range(0.0..1e6), rng.gen_range(-3000.0..3000.0));
+            let (s0, ds) = (rng.gen_range(1e6..2e6), rng.gen_range(0.0..3000.0));
+            let at = |i: u64| DriftSync {
+                pending_pages: workloads::round_u64((p0 + dp * i as f64).max(0.0)),
+                total_pages_sent: (s0 + ds * i as f64) as u64,
+                round: 3 + i as u32,
+                bandwidth_bps: 1e9,
+                page_wire_bytes: 4104,
+            };
+            let mut a = Adaptive::new(spec);
+            for i in 0..3u64 {
+                let s = DriftSync {
+                    pending_pages: rng.gen_range(0..2_000_000),
+                    total_pages_sent: 1_000_000 + i * 1000,
+                    round: i as u32 + 1,
+                    ..at(0)
+                };
+                a.decide(&obs(Trigger::AfterSync, &s));
+            }
+            let max = rng.gen_range(1..500u64);
+            let pattern = [
+                (Trigger::Tick, Decision::Sync),
+                (Trigger::AfterSync, Decision::Continue),
+            ];
+            let mut fast = a.clone();
+            let done = fast
+                .drift_syncs(&pattern, &at, max)
+                .expect("adaptive answers syncs");
+            // Every check and sync, one by one, until the first answer that differs.
+            let mut slow = a.clone();
+            let mut n = 0;
+            for i in 1..=max {
+                let before = slow.clone();
+                let s = at(i);
+                let tick = slow.decide(&obs(Trigger::Tick, &s));
+                let sync = slow.decide(&obs(Trigger::AfterSync, &s));
+                if tick != Decision::Sync || sync != Decision::Continue {
+                    slow = before;
+                    break;
+                }
+                n = i;
+            }
+            assert_eq!(done, n, "case {case}: answered syncs");
+            assert_eq!(fast, slow, "case {case}: state after them");
+            stopped += (done < max) as u32;
+        }
+        // Both ways out occur: drifts cut short by an answer, and drifts answered in full.
+        assert!(
+            (200..1800).contains(&stopped),
+            "{stopped} of 2000 stopped early"
+        );
     }
 }

@@ -171,6 +171,33 @@ pub trait Policy: Send + ForkPolicy {
         let _ = (obs, cycle);
         0
     }
+    /// Fast modes only: the migration drifts — each iteration ahead repeats the last one
+    /// moved on by the same step — and each consists of the consultations in `pattern` (what
+    /// the policy saw and answered in the last iteration), ending with a sync. A policy whose
+    /// answers to all but the sync cannot change may answer only the syncs: `sync_at(i)`
+    /// gives what it would see at the i-th one ahead. Return how many of them (at most `max`)
+    /// it answers `Continue`, with its state moved on by exactly those. `None` (the default)
+    /// has the engine show it every consultation instead.
+    fn drift_syncs(
+        &mut self,
+        pattern: &[(Trigger, Decision)],
+        sync_at: &dyn Fn(u64) -> DriftSync,
+        max: u64,
+    ) -> Option<u64> {
+        let _ = (pattern, sync_at, max);
+        None
+    }
+}
+
+/// What a policy sees at a sync ahead in a drift (see [`Policy::drift_syncs`]): the figures of
+/// the [`Observation`] it would get there that a sync's answer may use.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DriftSync {
+    pub pending_pages: u64,
+    pub total_pages_sent: u64,
+    pub round: u32,
+    pub bandwidth_bps: f64,
+    pub page_wire_bytes: u64,
 }
 
 /// One iteration of a migration at a fixed point (see [`Policy::repeat_cycles`]).
