@@ -2245,12 +2245,15 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                         let (b0, p0) = if i == 0 { (0.0, 0.0) } else { table[i - 1] };
                         p0 + (b - b0) * (cp - p0) / (cb - b0)
                     };
+                    let kinks: Vec<f64> =
+                        table.iter().map(|&(cb, _)| cb / bytes_per_tick).collect();
                     let fc = SteadyTicks {
                         period_ns: p as u64,
                         max_ticks,
                         bytes_per_tick,
                         sent_at: &sent_at,
                         dirty_at: &dirty_at,
+                        kinks: &kinks,
                     };
                     let k = policy.skip_ticks(&obs, &fc);
                     if k > 0 {

@@ -239,6 +239,9 @@ pub struct SteadyTicks<'a> {
     pub sent_at: &'a dyn Fn(u64) -> f64,
     /// Pages dirtied since the last sync as seen at tick `j` (concave in `j`).
     pub dirty_at: &'a dyn Fn(u64) -> u64,
+    /// Where (in ticks from now, increasing) the pages each tick's bytes carry change:
+    /// between them `sent_at` is linear.
+    pub kinks: &'a [f64],
 }
 
 impl SteadyTicks<'_> {

@@ -337,6 +337,44 @@ impl DowntimeRamp {
         }
     }
 
+    /// Record the new lows of the pending set over ticks 1..=`k` as the checks there would.
+    /// Pending (left + dirtied) is concave between the ticks where the pages a tick carries
+    /// change (`f.kinks`), so over each such stretch a new low can only come at its end, and
+    /// then the check that records it is the first of the stretch whose pending (rounded) is
+    /// as low: the ticks at or below a value form a suffix of a stretch that starts higher.
+    fn new_lows(&mut self, obs: &Observation, f: &SteadyTicks, k: u64) {
+        let pending = |j: u64| {
+            let (e, left, _) = f.at(obs, j);
+            (left + (f.dirty_at)(j), e)
+        };
+        let mut ends: Vec<u64> = vec![1, k];
+        for &x in f.kinks.iter().filter(|&&x| x > 1.0 && x < k as f64) {
+            ends.push(x.floor() as u64);
+            ends.push(x.ceil() as u64);
+        }
+        ends.sort_unstable();
+        ends.dedup();
+        let mut prev = 0;
+        for &b in &ends {
+            let (p, _) = pending(b);
+            if p < self.best_pending {
+                // First tick in (prev, b] at or below p (all of it when prev is the start).
+                let (mut lo, mut hi) = (prev + 1, b);
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    if pending(mid).0 <= p {
+                        hi = mid;
+                    } else {
+                        lo = mid + 1;
+                    }
+                }
+                self.best_pending = p;
+                self.best_at_ns = pending(lo).1;
+            }
+            prev = b;
+        }
+    }
+
     /// The limit in force at `elapsed_ns` for a VM of `mem_gib`.
     pub fn limit_at(&self, elapsed_ns: u64, mem_gib: f64) -> f64 {
         let steps = self.spec.steps.max(1) as f64;
@@ -429,16 +467,12 @@ impl Policy for DowntimeRamp {
             bytes_per_tick: f.bytes_per_tick,
             sent_at: f.sent_at,
             dirty_at: f.dirty_at,
+            kinks: f.kinks,
         };
         self.qemu.set_limit_ms(limit);
         let k = self.qemu.skip_ticks(obs, &capped);
         if k > 0 {
-            let (e, left, _) = f.at(obs, k);
-            let pending = left + (f.dirty_at)(k);
-            if pending < self.best_pending {
-                self.best_pending = pending;
-                self.best_at_ns = e;
-            }
+            self.new_lows(obs, f, k);
         }
         k
     }
