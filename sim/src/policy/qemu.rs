@@ -354,25 +354,49 @@ impl DowntimeRamp {
         }
         ends.sort_unstable();
         ends.dedup();
-        let mut prev = 0;
+        // Usually each tick sends more pages than the guest dirties (dirtying slows as it
+        // goes, so the first tick dirties most): then every check is a new low, the last one
+        // included, whatever rounding does (a page either way for the pages left and for the
+        // dirtied ones).
+        let sent_step = |j: u64| (f.sent_at)(j + 1) - (f.sent_at)(j);
+        let least_sent = (ends.iter())
+            .flat_map(|&b| [b.saturating_sub(1), b.min(k - 1)])
+            .map(sent_step)
+            .fold(f64::INFINITY, f64::min);
+        let most_dirtied = (f.dirty_at)(1).saturating_sub(obs.dirty_pages) as f64 + 1.0;
+        if least_sent > most_dirtied + 2.0 {
+            let (p, e) = pending(k);
+            if p < self.best_pending {
+                self.best_pending = p;
+                self.best_at_ns = e;
+            }
+            return;
+        }
+        // Otherwise the lowest pending over the ticks is at one of the stretch ends: find the
+        // first end that reaches it, then the first tick of its stretch that does.
+        let (mut low, mut prev, mut at) = (self.best_pending, 0, None);
         for &b in &ends {
             let (p, _) = pending(b);
-            if p < self.best_pending {
-                // First tick in (prev, b] at or below p (all of it when prev is the start).
-                let (mut lo, mut hi) = (prev + 1, b);
-                while lo < hi {
-                    let mid = lo + (hi - lo) / 2;
-                    if pending(mid).0 <= p {
-                        hi = mid;
-                    } else {
-                        lo = mid + 1;
-                    }
-                }
-                self.best_pending = p;
-                self.best_at_ns = pending(lo).1;
+            if p < low {
+                low = p;
+                at = Some((prev, b));
             }
             prev = b;
         }
+        let Some((a, b)) = at else {
+            return;
+        };
+        let (mut lo, mut hi) = (a + 1, b);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if pending(mid).0 <= low {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        self.best_pending = low;
+        self.best_at_ns = pending(lo).1;
     }
 
     /// The limit in force at `elapsed_ns` for a VM of `mem_gib`.
