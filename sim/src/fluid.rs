@@ -747,6 +747,8 @@ impl Sweep {
             let ahead = if swept { 0.0 } else { d0 };
             let fresh = q.min(1.0) * (1.0 - ahead.min(1.0));
             let (a, ab) = if swept { (0.0, 0.0) } else { (d0, b0) };
+            // As the general case computes `fresh · q / Σq` with one member (the same
+            // rounding, so both give the same layout to the bit).
             let add = if analytic {
                 q
             } else if q > 0.0 {
@@ -2272,23 +2274,28 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
         let sw = &sc.switchover;
         let (dirty, overlap) = f.dirty_overlap();
         if round_pages > 0.0 {
-            rounds.push(RoundRecord {
-                round,
-                start_ns: round_start as u64,
-                duration_ns: (at - round_start) as u64,
-                pages_sent: round_pages.round() as u64,
-                zero_pages_sent: if round == 0 {
-                    zero_sent.round() as u64
-                } else {
-                    0
+            // The iteration cut short by the stop (no estimate: the stop is the blackout).
+            let bw = round_bytes * 8e9 / (at - round_start).max(1.0);
+            let rec = RecSrc {
+                closed: RoundSrc {
+                    round: round as f64,
+                    dur: at - round_start,
+                    pages: round_pages,
+                    bytes: round_bytes,
+                    dirtied: dirty,
                 },
-                bytes_sent: round_bytes.round() as u64,
-                pages_dirtied: dirty.round() as u64,
-                bandwidth_bps: round_bytes * 8e9 / (at - round_start).max(1.0),
-                est_downtime_ns: 0,
-                throttle_pct: (f.throttle * 100.0).round() as u8,
-                guest_writes: (f.guest_writes - round_writes_start).round() as u64,
-            });
+                start: round_start,
+                bw,
+                est_bw: bw,
+                union_bytes: 0.0,
+                throttle: f.throttle,
+                guest_writes: f.guest_writes - round_writes_start,
+            };
+            rounds.push(rec.record(if round == 0 {
+                zero_sent.round() as u64
+            } else {
+                0
+            }));
         }
         final_pages = f.send_pages + dirty - overlap;
         final_bytes = f.send_bytes + (dirty - overlap) * f.page_wire;

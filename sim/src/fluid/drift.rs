@@ -489,7 +489,8 @@ impl Drift {
         if self.snaps.len() < 3 {
             return None;
         }
-        let jump = self.attempt(f, lv, policy, ctx, max_time, max_rounds);
+        let (t, round) = (*lv.t, *lv.round);
+        let jump = self.attempt(f.mem, t, round, policy, ctx, max_time, max_rounds);
         if jump.is_some() {
             self.backoff = 0;
         } else {
@@ -501,11 +502,14 @@ impl Drift {
         jump
     }
 
-    /// Three iteration starts are at hand: see whether they drift and how far.
+    /// Three iteration starts are at hand, the last at `t` after `round` iterations: see
+    /// whether they drift and how far.
+    #[allow(clippy::too_many_arguments)]
     fn attempt(
-        &mut self,
-        f: &mut Fluid,
-        lv: &mut LoopVars,
+        &self,
+        mem: f64,
+        t: f64,
+        round: u32,
         policy: &dyn Policy,
         ctx: &ObsCtx,
         max_time: f64,
@@ -519,7 +523,6 @@ impl Drift {
             || s0.heads.len() != s2.heads.len()
             || !s0.log.same_shape(&s1.log)
             || !s1.log.same_shape(&s2.log)
-            || s0.log_nums.len() != s2.log_nums.len()
         {
             return None;
         }
@@ -551,10 +554,10 @@ impl Drift {
         if period <= 0.0 {
             return None;
         }
-        let mut limit = self.reach(&dn, &dh, &dl, f.mem);
-        limit = limit.min(((max_time - *lv.t) / period).floor() as i64 - 2);
+        let mut limit = self.reach(&dn, &dh, &dl, mem);
+        limit = limit.min(((max_time - t) / period).floor() as i64 - 2);
         let syncs = s2.log.recs.len().max(1) as i64;
-        limit = limit.min((max_rounds as i64 - *lv.round as i64) / syncs - 2);
+        limit = limit.min((max_rounds as i64 - round as i64) / syncs - 2);
         if limit < 2 {
             return None;
         }
