@@ -327,51 +327,6 @@ mod tests {
     use super::*;
     use crate::spec::*;
     use crate::units::{ByteSize, MIB};
-    use proptest::prelude::*;
-
-    const EDGES: [f64; 22] = [
-        0.0,
-        -0.0,
-        -0.4,
-        -0.5,
-        -1.5,
-        0.5,
-        0.499_999_999_999_999_94,
-        1.0,
-        1.5,
-        2.5,
-        1.000_000_1,
-        4.5e15,
-        4.503_599_627_370_495_5e15,
-        9.007_199_254_740_993e15,
-        9.223_372_036_854_775e18,
-        TWO_POW_63,
-        1.8e19,
-        1.9e19,
-        f64::INFINITY,
-        f64::NEG_INFINITY,
-        f64::NAN,
-        f64::MIN_POSITIVE,
-    ];
-
-    #[test]
-    fn ceil_and_round_match_libm_at_the_edges() {
-        for x in EDGES {
-            assert_eq!(ceil_u64(x), x.ceil() as u64, "ceil {x}");
-            assert_eq!(round_u64(x), x.round() as u64, "round {x}");
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn ceil_and_round_match_libm(bits in any::<u64>(), x in 0.0f64..2e19, y in 0.0f64..1e6) {
-            let f = f64::from_bits(bits);
-            for v in [f, x, y, y.floor() + 0.5] {
-                prop_assert_eq!(ceil_u64(v), v.ceil() as u64);
-                prop_assert_eq!(round_u64(v), v.round() as u64);
-            }
-        }
-    }
 
     fn uniform(wss_pages: u64, rate: f64) -> Workload {
         WorkloadSpec::Uniform(UniformSpec {
@@ -555,6 +510,53 @@ mod props {
     use crate::units::ByteSize;
     use proptest::prelude::*;
 
+    /// Values where converting an f64 to an integer can go wrong.
+    const EDGES: [f64; 24] = [
+        0.0,
+        -0.0,
+        -0.4,
+        -0.5,
+        -1.0,
+        -1.5,
+        0.5,
+        0.499_999_999_999_999_94,
+        1.0,
+        1.5,
+        2.5,
+        1.000_000_1,
+        4.5e15,
+        4.503_599_627_370_495_5e15,
+        9.007_199_254_740_993e15,
+        9.223_372_036_854_775e18,
+        TWO_POW_63,
+        1.8e19,
+        1.9e19,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+    ];
+
+    #[test]
+    fn ceil_and_round_match_libm_at_the_edges() {
+        for x in EDGES {
+            assert_eq!(ceil_u64(x), x.ceil() as u64, "ceil {x}");
+            assert_eq!(round_u64(x), x.round() as u64, "round {x}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn ceil_and_round_match_libm(bits in any::<u64>(), x in 0.0f64..2e19, y in 0.0f64..1e6) {
+            let f = f64::from_bits(bits);
+            for v in [f, x, y, y.floor() + 0.5] {
+                prop_assert_eq!(ceil_u64(v), v.ceil() as u64);
+                prop_assert_eq!(round_u64(v), v.round() as u64);
+            }
+        }
+    }
+
     #[test]
     fn conversions_match_as_at_the_edges() {
         let edges = [
@@ -569,24 +571,7 @@ mod props {
         for x in edges {
             assert_eq!(u64_to_f64(x).to_bits(), (x as f64).to_bits(), "{x}");
         }
-        let fs = [
-            0.0,
-            -0.0,
-            -0.5,
-            -1.0,
-            0.5,
-            1.5,
-            9.223_372_036_854_775e18,
-            TWO_POW_63,
-            1.8e19,
-            1.9e19,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            f64::NAN,
-            f64::MAX,
-            f64::MIN_POSITIVE,
-        ];
-        for x in fs {
+        for x in EDGES {
             assert_eq!(f64_to_u64(x), x as u64, "{x}");
         }
     }
