@@ -12,7 +12,8 @@
 //! convex region once, and the positions it orders are lines in i, which first cross where two
 //! neighbours in their starting order meet. The policy is then shown the forecast
 //! consultations one by one (on a copy, so it can be stopped before the first answer that
-//! differs), and the engine jumps to the last iteration start before that.
+//! differs; a policy whose answers between syncs cannot change is shown only the syncs, see
+//! [`Policy::drift_syncs`]), and the engine jumps to the last iteration start before that.
 
 use super::*;
 use crate::policy::{DriftSync, Policy};
