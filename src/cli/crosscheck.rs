@@ -39,6 +39,12 @@ pub struct CrosscheckArgs {
     /// re-measures the time cap, and costs most of the grid's time).
     #[arg(long)]
     pub noise_floor_all: bool,
+    /// Exact runs per point, with the scenario's seed and the next ones: fluid mode models the
+    /// expected run, so it is also compared with their mean. At least 2 (the second is the
+    /// noise floor); points whose first exact run timed out get only the first (see
+    /// --noise-floor-all).
+    #[arg(long, default_value_t = 4)]
+    pub seeds: u32,
 }
 
 /// The cross-check grid: every workload kind at several rates (a scan both slower and faster
@@ -165,43 +171,55 @@ struct Fig {
     status: String,
 }
 
-/// Every grid point's [exact, fluid, analytic, exact with the next seed] figures, and how many
-/// points did not get the second exact run: those whose first exact run hit the time cap, unless
-/// `noise_all` (they are most of the exact engine's time, and a second seed re-measures the cap).
-/// The second exact run follows the first in the same task, so there is no barrier between them.
+/// One grid point's figures: [exact, fluid, analytic, exact with the next seed, mean of the
+/// exact runs]. The mean is None unless all `seeds` exact runs ran and agree on whether the VM
+/// switched over.
+type Row = [Option<Fig>; 5];
+
+/// Every grid point's [`Row`], and how many points did not get their further exact runs: those
+/// whose first exact run hit the time cap, unless `noise_all` (they are most of the exact
+/// engine's time, and another seed re-measures the cap). The further runs follow the first in
+/// the same task, so there is no barrier between them.
 fn run_grid(
     pool: &rayon::ThreadPool,
     grid: &[Scenario],
     noise_all: bool,
-) -> (Vec<[Option<Fig>; 4]>, usize) {
+    seeds: u32,
+) -> (Vec<Row>, usize) {
     let timeout = sim::Status::Timeout.as_str();
-    let flat: Vec<[Option<Fig>; 2]> = pool.install(|| {
+    let flat: Vec<Vec<Fig>> = pool.install(|| {
         (0..grid.len() * 3)
             .into_par_iter()
             .map(|k| {
                 let s = &grid[k / 3];
-                match k % 3 {
-                    0 => {
-                        let e = run_one(s, Mode::Exact, 0);
-                        let again = e.as_ref().is_some_and(|e| noise_all || e.status != timeout);
-                        let n = if again {
-                            run_one(s, Mode::Exact, 1)
-                        } else {
-                            None
-                        };
-                        [e, n]
-                    }
-                    1 => [run_one(s, Mode::Fluid, 0), None],
-                    _ => [run_one(s, Mode::Analytic, 0), None],
-                }
+                let mode = [Mode::Exact, Mode::Fluid, Mode::Analytic][k % 3];
+                let Some(first) = run_one(s, mode, 0) else {
+                    return Vec::new();
+                };
+                let again = mode == Mode::Exact && (noise_all || first.status != timeout);
+                let more = if again { 1..seeds as u64 } else { 0..0 };
+                let mut figs = vec![first];
+                figs.extend(more.filter_map(|d| run_one(s, Mode::Exact, d)));
+                figs
             })
             .collect()
     });
-    let rows: Vec<[Option<Fig>; 4]> = flat
+    let rows: Vec<Row> = flat
         .chunks_exact(3)
         .map(|c| {
-            let [e, n] = c[0].clone();
-            [e, c[1][0].clone(), c[2][0].clone(), n]
+            let exact = &c[0];
+            let mean = if exact.len() == seeds as usize {
+                mean_fig(exact)
+            } else {
+                None
+            };
+            [
+                exact.first().cloned(),
+                c[1].first().cloned(),
+                c[2].first().cloned(),
+                exact.get(1).cloned(),
+                mean,
+            ]
         })
         .collect();
     let skipped = rows
@@ -209,6 +227,23 @@ fn run_grid(
         .filter(|r| r[0].as_ref().is_some_and(|e| e.status == timeout) && r[3].is_none())
         .count();
     (rows, skipped)
+}
+
+/// The mean of several runs of one point: None when some switched the VM over and some did
+/// not (no mean downtime exists).
+fn mean_fig(runs: &[Fig]) -> Option<Fig> {
+    let moved = runs.iter().filter(|f| !f.downtime.is_nan()).count();
+    if runs.is_empty() || (moved != 0 && moved != runs.len()) {
+        return None;
+    }
+    let n = runs.len() as f64;
+    let mean = |get: fn(&Fig) -> f64| runs.iter().map(get).sum::<f64>() / n;
+    Some(Fig {
+        downtime: mean(|f| f.downtime),
+        total: mean(|f| f.total),
+        rounds: (mean(|f| f.rounds as f64)).round() as u32,
+        status: "mean".into(),
+    })
 }
 
 /// Run `s` in `mode` with its seed moved by `seed_delta`; None when the mode rejects it.
@@ -334,14 +369,21 @@ fn write_csv(out: Option<&std::path::Path>, csv: &str) -> Result<()> {
     Ok(())
 }
 
-/// Points of one policy or workload: (name, points, fluid errors, noise-floor errors).
-type Group = (String, usize, Errors, Errors);
+/// Points of one policy or workload: (name, points, fluid errors, noise-floor errors, fluid
+/// errors against the mean of the exact seeds).
+type Group = (String, usize, Errors, Errors, Errors);
 
-fn add_to_group(groups: &mut Vec<Group>, name: &str, f: &[Option<Fig>; 4]) {
+fn add_to_group(groups: &mut Vec<Group>, name: &str, f: &Row) {
     let k = match groups.iter().position(|g| g.0 == name) {
         Some(k) => k,
         None => {
-            groups.push((name.to_string(), 0, Errors::default(), Errors::default()));
+            groups.push((
+                name.to_string(),
+                0,
+                Errors::default(),
+                Errors::default(),
+                Errors::default(),
+            ));
             groups.len() - 1
         }
     };
@@ -349,6 +391,7 @@ fn add_to_group(groups: &mut Vec<Group>, name: &str, f: &[Option<Fig>; 4]) {
     g.1 += 1;
     g.2.add(f[0].as_ref(), f[1].as_ref());
     g.3.add(f[0].as_ref(), f[3].as_ref());
+    g.4.add(f[4].as_ref(), f[1].as_ref());
 }
 
 /// The workload part of a grid point's name (`{mem}m-{link}-{workload}-{policy}`).
@@ -362,22 +405,31 @@ fn workload_label<'a>(point: &'a str, policy: &str) -> &'a str {
 fn print_groups(by: &str, groups: &[Group]) {
     println!();
     println!(
-        "{:<20} {:>7} {:>15} {:>15} {:>15} {:>15}",
-        "within 2 %, per", "points", "fluid", "noise floor", "fluid", "noise floor"
+        "{:<20} {:>7} {:>13} {:>13} {:>13} {:>13} {:>13} {:>13}",
+        "within 2 %, per",
+        "points",
+        "fluid",
+        "noise floor",
+        "fluid",
+        "fluid",
+        "noise floor",
+        "fluid"
     );
     println!(
-        "{:<20} {:>7} {:>15} {:>15} {:>15} {:>15}",
-        by, "", "downtime", "downtime", "total time", "total time"
+        "{:<20} {:>7} {:>13} {:>13} {:>13} {:>13} {:>13} {:>13}",
+        by, "", "downtime", "downtime", "dt vs mean", "total time", "total time", "total vs mean"
     );
-    for (name, n, fl, nf) in groups {
+    for (name, n, fl, nf, fm) in groups {
         println!(
-            "{:<20} {:>7} {:>14.1}% {:>14.1}% {:>14.1}% {:>14.1}%",
+            "{:<20} {:>7} {:>12.1}% {:>12.1}% {:>12.1}% {:>12.1}% {:>12.1}% {:>12.1}%",
             name,
             n,
             within(&fl.downtime, 0.02),
             within(&nf.downtime, 0.02),
+            within(&fm.downtime, 0.02),
             within(&fl.total, 0.02),
-            within(&nf.total, 0.02)
+            within(&nf.total, 0.02),
+            within(&fm.total, 0.02)
         );
     }
 }
@@ -399,7 +451,7 @@ fn csv_cell(x: Option<&Fig>) -> String {
 }
 
 /// Header of `--out`: columns are only ever added at the end.
-pub const CSV_HEADER: &str = "point,exact_status,exact_downtime_ns,exact_total_ns,exact_rounds,fluid_downtime_ns,fluid_total_ns,fluid_rounds,analytic_downtime_ns,analytic_total_ns,analytic_rounds,exact2_downtime_ns,exact2_total_ns,exact2_rounds";
+pub const CSV_HEADER: &str = "point,exact_status,exact_downtime_ns,exact_total_ns,exact_rounds,fluid_downtime_ns,fluid_total_ns,fluid_rounds,analytic_downtime_ns,analytic_total_ns,analytic_rounds,exact2_downtime_ns,exact2_total_ns,exact2_rounds,exact_mean_downtime_ns,exact_mean_total_ns,exact_mean_seeds";
 
 pub fn run(a: CrosscheckArgs) -> Result<ExitCode> {
     let pool = rayon::ThreadPoolBuilder::new()
@@ -408,18 +460,41 @@ pub fn run(a: CrosscheckArgs) -> Result<ExitCode> {
     if let Some(plot) = &a.geometric_plot {
         return run_geometric(&pool, plot, a.out.as_deref());
     }
+    if a.seeds < 2 {
+        anyhow::bail!(
+            "--seeds: {} is too few; at least 2 (the second seed is the noise floor)",
+            a.seeds
+        );
+    }
     let grid = grid();
-    let (rows, skipped) = run_grid(&pool, &grid, a.noise_floor_all);
+    let (rows, skipped) = run_grid(&pool, &grid, a.noise_floor_all, a.seeds);
     let mut csv = format!("{CSV_HEADER}\n");
-    let (mut fluid, mut analytic, mut noise) =
-        (Errors::default(), Errors::default(), Errors::default());
+    let (mut fluid, mut analytic, mut noise, mut to_mean) = (
+        Errors::default(),
+        Errors::default(),
+        Errors::default(),
+        Errors::default(),
+    );
     // Per policy and per workload, in grid order.
     let (mut per_policy, mut per_workload) = (Vec::new(), Vec::new());
     for (s, f) in grid.iter().zip(&rows) {
         let status = f[0].as_ref().map_or("", |e| e.status.as_str());
+        let mean = match &f[4] {
+            Some(m) => format!(
+                "{},{:.0},{}",
+                if m.downtime.is_nan() {
+                    String::new()
+                } else {
+                    format!("{:.0}", m.downtime)
+                },
+                m.total,
+                a.seeds
+            ),
+            None => ",,".into(),
+        };
         let _ = writeln!(
             csv,
-            "{},{status},{},{},{},{}",
+            "{},{status},{},{},{},{},{mean}",
             s.name,
             csv_cell(f[0].as_ref()),
             csv_cell(f[1].as_ref()),
@@ -429,13 +504,18 @@ pub fn run(a: CrosscheckArgs) -> Result<ExitCode> {
         fluid.add(f[0].as_ref(), f[1].as_ref());
         analytic.add(f[0].as_ref(), f[2].as_ref());
         noise.add(f[0].as_ref(), f[3].as_ref());
+        to_mean.add(f[4].as_ref(), f[1].as_ref());
         let policy = s.policy.name();
         add_to_group(&mut per_policy, policy, f);
         add_to_group(&mut per_workload, workload_label(&s.name, policy), f);
     }
-    for e in [&mut fluid, &mut analytic, &mut noise] {
+    for e in [&mut fluid, &mut analytic, &mut noise, &mut to_mean] {
         e.sort();
     }
+    let mixed = rows
+        .iter()
+        .filter(|r| r[4].is_none() && r[3].is_some())
+        .count();
     println!(
         "crosscheck: {} points ({} moved in both modes, {} where only one mode moved the VM)",
         rows.len(),
@@ -454,6 +534,13 @@ pub fn run(a: CrosscheckArgs) -> Result<ExitCode> {
         }
     );
     println!(
+        "exact mean: {} seeds at {} points ({mixed} where some seeds moved the VM and some did not, \
+         {} where only the first seed ran)",
+        a.seeds,
+        rows.len() - mixed - skipped,
+        skipped,
+    );
+    println!(
         "{:<44} {:>9} {:>9} {:>9} {:>9} {:>11}",
         "relative error vs exact (scenario seed)", "p50", "p90", "p95", "max", "within 2 %"
     );
@@ -464,6 +551,21 @@ pub fn run(a: CrosscheckArgs) -> Result<ExitCode> {
         ("analytic total time", &analytic.total),
         ("exact, other seed (noise floor): downtime", &noise.downtime),
         ("exact, other seed (noise floor): total time", &noise.total),
+    ] {
+        println!("{}", distribution_line(label, v));
+    }
+    println!(
+        "{:<44} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        format!("relative error vs the mean of {} exact seeds", a.seeds),
+        "p50",
+        "p90",
+        "p95",
+        "max",
+        "within 2 %"
+    );
+    for (label, v) in [
+        ("fluid downtime", &to_mean.downtime),
+        ("fluid total time", &to_mean.total),
     ] {
         println!("{}", distribution_line(label, v));
     }
@@ -669,11 +771,17 @@ mod tests {
         assert!(CSV_HEADER.starts_with(&format!("{old},")));
         let cols: Vec<&str> = CSV_HEADER.split(',').collect();
         assert_eq!(
-            &cols[cols.len() - 3..],
+            &cols[2 + 3 * 3..2 + 3 * 4],
             ["exact2_downtime_ns", "exact2_total_ns", "exact2_rounds"]
         );
-        // One cell per mode, three columns each, after point and status.
-        assert_eq!(cols.len(), 2 + 3 * 4);
+        assert_eq!(
+            &cols[2 + 3 * 4..],
+            [
+                "exact_mean_downtime_ns",
+                "exact_mean_total_ns",
+                "exact_mean_seeds"
+            ]
+        );
     }
 
     fn small(rate_pps: f64) -> Scenario {
@@ -694,17 +802,52 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
-        let (rows, skipped) = run_grid(&pool, std::slice::from_ref(&s), false);
+        let (rows, skipped) = run_grid(&pool, std::slice::from_ref(&s), false, 3);
         assert_eq!(skipped, 0);
-        let [exact, _, _, exact2] = &rows[0];
+        let [exact, _, _, exact2, mean] = &rows[0];
         let (exact, exact2) = (exact.clone().unwrap(), exact2.clone().unwrap());
-        let mut next = s.clone();
-        next.seed += 1;
-        let direct = sim::simulate(&next.check().unwrap(), 0).report;
-        assert_eq!(exact2.total, direct.total_time_ns as f64);
-        assert_eq!(exact2.rounds, direct.rounds);
+        let direct = |d: u64| {
+            let mut next = s.clone();
+            next.seed += d;
+            sim::simulate(&next.check().unwrap(), 0).report
+        };
+        assert_eq!(exact2.total, direct(1).total_time_ns as f64);
+        assert_eq!(exact2.rounds, direct(1).rounds);
         // Another write sequence: the blackout differs (pages dirty at the pause differ).
         assert_ne!(exact.downtime, exact2.downtime);
+        // The mean is over the scenario's seed and the next two.
+        let runs: Vec<_> = (0..3).map(direct).collect();
+        let mean = mean.clone().unwrap();
+        let want = runs
+            .iter()
+            .map(|r| r.downtime_ns().unwrap() as f64)
+            .sum::<f64>()
+            / 3.0;
+        assert!(
+            (mean.downtime - want).abs() < 1e-6,
+            "{} {want}",
+            mean.downtime
+        );
+        let want = runs.iter().map(|r| r.total_time_ns as f64).sum::<f64>() / 3.0;
+        assert!((mean.total - want).abs() < 1e-6, "{} {want}", mean.total);
+        assert_ne!(runs[2].downtime_ns(), runs[1].downtime_ns());
+    }
+
+    #[test]
+    fn a_mean_needs_every_seed_to_agree_on_switching_over() {
+        let fig = |d: f64, t: f64| Fig {
+            downtime: d,
+            total: t,
+            rounds: 2,
+            status: String::new(),
+        };
+        let m = mean_fig(&[fig(100.0, 1000.0), fig(200.0, 3000.0)]).unwrap();
+        assert_eq!((m.downtime, m.total, m.rounds), (150.0, 2000.0, 2));
+        let m = mean_fig(&[fig(f64::NAN, 1000.0), fig(f64::NAN, 3000.0)]).unwrap();
+        assert!(m.downtime.is_nan());
+        assert_eq!(m.total, 2000.0);
+        assert!(mean_fig(&[fig(100.0, 1000.0), fig(f64::NAN, 3000.0)]).is_none());
+        assert!(mean_fig(&[]).is_none());
     }
 
     #[test]
@@ -724,14 +867,15 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
-        let (rows, skipped) = run_grid(&pool, &grid, false);
+        let (rows, skipped) = run_grid(&pool, &grid, false, 2);
         assert_eq!(rows[1][0].as_ref().unwrap().status, "timeout");
         assert_eq!(skipped, 1);
-        assert!(rows[0][3].is_some());
-        assert!(rows[1][3].is_none());
-        let (rows, skipped) = run_grid(&pool, &grid, true);
+        assert!(rows[0][3].is_some() && rows[0][4].is_some());
+        assert!(rows[1][3].is_none() && rows[1][4].is_none());
+        let (rows, skipped) = run_grid(&pool, &grid, true, 2);
         assert_eq!(skipped, 0);
         assert_eq!(rows[1][3].as_ref().unwrap().status, "timeout");
+        assert!(rows[1][4].as_ref().unwrap().downtime.is_nan());
     }
 
     #[test]
