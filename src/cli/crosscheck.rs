@@ -434,18 +434,18 @@ fn print_groups(by: &str, groups: &[Group]) {
     }
 }
 
+/// Downtime in ns, empty when the VM never switched over.
+fn downtime_cell(f: &Fig) -> String {
+    if f.downtime.is_nan() {
+        String::new()
+    } else {
+        format!("{:.0}", f.downtime)
+    }
+}
+
 fn csv_cell(x: Option<&Fig>) -> String {
     match x {
-        Some(f) => format!(
-            "{},{},{}",
-            if f.downtime.is_nan() {
-                String::new()
-            } else {
-                format!("{:.0}", f.downtime)
-            },
-            f.total as u64,
-            f.rounds
-        ),
+        Some(f) => format!("{},{},{}", downtime_cell(f), f.total as u64, f.rounds),
         None => ",,".into(),
     }
 }
@@ -480,16 +480,7 @@ pub fn run(a: CrosscheckArgs) -> Result<ExitCode> {
     for (s, f) in grid.iter().zip(&rows) {
         let status = f[0].as_ref().map_or("", |e| e.status.as_str());
         let mean = match &f[4] {
-            Some(m) => format!(
-                "{},{:.0},{}",
-                if m.downtime.is_nan() {
-                    String::new()
-                } else {
-                    format!("{:.0}", m.downtime)
-                },
-                m.total,
-                a.seeds
-            ),
+            Some(m) => format!("{},{:.0},{}", downtime_cell(m), m.total, a.seeds),
             None => ",,".into(),
         };
         let _ = writeln!(
