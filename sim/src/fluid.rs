@@ -1769,6 +1769,126 @@ thread_local! {
     pub(crate) static DRIFTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
+/// Everything a run's set-up depends on: the workload's classes per phase, the VM and the link.
+#[derive(Clone, Debug, PartialEq)]
+struct SetupKey {
+    class_sets: Vec<Vec<Class>>,
+    mem_pages: u64,
+    analytic: bool,
+    /// Zero-page fraction, wire bytes of a page and of a zero page, pre-copy bandwidth.
+    bits: [u64; 4],
+    phases: Vec<Nanos>,
+    repeat: bool,
+}
+
+/// A run's starting point: the segments with their first-pass bytes, the send set laid out,
+/// and the zero pages the first pass sends as markers.
+#[derive(Clone, Debug)]
+struct Setup {
+    segs: Vec<Seg>,
+    sweep: Sweep,
+    send_bytes: f64,
+    zero_sent: f64,
+}
+
+/// Set-ups kept per thread. Sweeps vary the policy and its settings far more often than the
+/// workload, the VM and the link, and a Zipf workload's set-up (its rank buckets and the first
+/// pass over them) costs more than most whole runs; the set-up is a function of [`SetupKey`]
+/// alone, so a kept one is the one that would be computed.
+const SETUPS_KEPT: usize = 8;
+
+thread_local! {
+    static SETUPS: std::cell::RefCell<Vec<(SetupKey, Setup)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Forget the set-ups this thread kept (to time runs that compute their own).
+pub fn clear_setups() {
+    SETUPS.with(|c| c.borrow_mut().clear());
+}
+
+/// [`clear_setups`], and how many times a kept set-up was used since the last call.
+#[cfg(test)]
+pub(crate) fn forget_setups() -> u64 {
+    clear_setups();
+    SETUP_HITS.with(|h| h.replace(0))
+}
+
+#[cfg(test)]
+thread_local! {
+    static SETUP_HITS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+impl Setup {
+    /// The set-up for `key`: a kept one (the most recently used are kept), else a new one.
+    fn get(key: SetupKey) -> Setup {
+        let hit = SETUPS.with(|c| {
+            let mut c = c.borrow_mut();
+            let i = c.iter().position(|(k, _)| *k == key)?;
+            let e = c.remove(i);
+            let set = e.1.clone();
+            c.push(e);
+            Some(set)
+        });
+        if let Some(set) = hit {
+            #[cfg(test)]
+            SETUP_HITS.with(|h| h.set(h.get() + 1));
+            return set;
+        }
+        let set = Setup::new(&key);
+        SETUPS.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= SETUPS_KEPT {
+                c.remove(0);
+            }
+            c.push((key, set.clone()));
+        });
+        set
+    }
+
+    fn new(key: &SetupKey) -> Setup {
+        let mut segs = segments(&key.class_sets, key.mem_pages, key.analytic);
+        let [z, page_wire, zero_wire, bps] = key.bits.map(f64::from_bits);
+        // Round 0: zero pages travel as markers, less those the guest writes before they are
+        // sent.
+        let clock = PhaseClock {
+            durs: if key.phases.len() > 1 {
+                &key.phases
+            } else {
+                &[]
+            },
+            repeat: key.repeat,
+        };
+        let early = first_pass_writes(&segs, z, (page_wire, zero_wire), bps, &clock);
+        // Each segment's first-pass bytes: its zero pages less those written early.
+        let mut zero_sent = 0.0;
+        for (sg, early) in segs.iter_mut().zip(early).filter(|(sg, _)| sg.send > 0.0) {
+            let zero = (z * (sg.pages - early)).clamp(0.0, sg.pages);
+            sg.send_bytes = (sg.pages - zero) * page_wire + zero * zero_wire;
+            zero_sent += zero;
+        }
+        let send_bytes = segs.iter().map(|sg| sg.send_bytes).sum();
+        // A cut buffer per piece holds the range ends of a few located scans; beyond that,
+        // scans sharing addresses are spread evenly.
+        let sweep = Sweep::new(&segs, key.mem_pages as f64);
+        for m in &sweep.members {
+            let mut located = 0;
+            for &k in m {
+                if segs[k].located {
+                    located += 1;
+                    segs[k].located = located <= MAX_LOCATED_MEMBERS;
+                }
+            }
+        }
+        Setup {
+            segs,
+            sweep,
+            send_bytes,
+            zero_sent,
+        }
+    }
+}
+
 /// Simulate one live migration in fluid (or, with `analytic`, geometric) mode.
 pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult {
     run(ck, replicate, analytic, true)
@@ -1789,7 +1909,6 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
         // replays traces in exact mode only).
         Workload::Trace(_) => (vec![u64::MAX], false, vec![Vec::new()]),
     };
-    let segs = segments(&class_sets, ck.mem_pages, analytic);
     let mut policy = sc.policy.build(sc.vm.vcpus);
     let mut link_bps = sc.link.bandwidth.0;
     let mut page_wire = (ck.page_size + sc.link.page_header_bytes) as f64;
@@ -1803,7 +1922,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
     let mem = ck.mem_pages as f64;
     let mut f = Fluid {
         ck,
-        segs,
+        segs: Vec::new(),
         sweep: Sweep::default(), // laid out once the first pass's bytes are known
         phases,
         repeat,
@@ -1833,34 +1952,22 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
     f.harvest_at = (0..f.phase_rate.len())
         .map(|p| f.phase_instance(p, 0.0))
         .collect();
-    // Round 0: zero pages travel as markers, less those the guest writes before they are sent.
-    let z = sc.vm.zero_page_fraction;
-    let clock = PhaseClock {
-        durs: if f.phases.len() > 1 { &f.phases } else { &[] },
+    let key = SetupKey {
+        class_sets,
+        mem_pages: ck.mem_pages,
+        analytic,
+        bits: [
+            sc.vm.zero_page_fraction.to_bits(),
+            page_wire.to_bits(),
+            f.zero_wire.to_bits(),
+            precopy_bps.to_bits(),
+        ],
+        phases: f.phases.clone(),
         repeat: f.repeat,
     };
-    let early = first_pass_writes(&f.segs, z, (page_wire, f.zero_wire), precopy_bps, &clock);
-    // Each segment's first-pass bytes: its zero pages less those written early.
-    let mut zero_sent = 0.0;
-    for (sg, early) in f.segs.iter_mut().zip(early).filter(|(sg, _)| sg.send > 0.0) {
-        let zero = (z * (sg.pages - early)).clamp(0.0, sg.pages);
-        sg.send_bytes = (sg.pages - zero) * page_wire + zero * f.zero_wire;
-        zero_sent += zero;
-    }
-    f.send_bytes = f.segs.iter().map(|sg| sg.send_bytes).sum();
-    // A cut buffer per piece holds the range ends of a few located scans; beyond that, scans
-    // sharing addresses are spread evenly.
-    let sweep = Sweep::new(&f.segs, mem);
-    for m in &sweep.members {
-        let mut located = 0;
-        for &k in m {
-            if f.segs[k].located {
-                located += 1;
-                f.segs[k].located = located <= MAX_LOCATED_MEMBERS;
-            }
-        }
-    }
-    f.sweep = sweep;
+    let set = Setup::get(key);
+    (f.segs, f.sweep, f.send_bytes) = (set.segs, set.sweep, set.send_bytes);
+    let mut zero_sent = set.zero_sent;
 
     let setup = 2 * f.one_way;
     let max_time = (sc.limits.max_time_s * 1e9).round();

@@ -757,3 +757,83 @@ fn iterations_that_drift_are_jumped_over_and_change_nothing() {
         );
     }
 }
+
+#[test]
+fn a_kept_set_up_is_the_one_that_would_be_computed() {
+    // Each variant changes one thing the set-up depends on (a policy change does not, and
+    // reuses the base's). Run after the base, a variant must not be handed the base's set-up,
+    // and run again it must reuse its own and come out the same.
+    let zipf = |exponent: f64, rate_pps: f64| {
+        WorkloadSpec::Zipf(ZipfSpec {
+            wss: ByteSize(256 * MIB),
+            rate_pps,
+            exponent,
+            offset: ByteSize(0),
+        })
+    };
+    let mut base = scenario(
+        GIB,
+        1e9,
+        zipf(0.99, 20_000.0),
+        PolicySpec::by_name("qemu").unwrap(),
+    );
+    base.policy = PolicySpec::Qemu(QemuSpec {
+        max_bandwidth: None,
+        ..QemuSpec::default()
+    });
+    base.mode = Mode::Fluid;
+    let zipf_then_uniform = |zipf_ms: f64, repeat: bool| {
+        let second = uniform(64 * MIB, 5000.0);
+        phased(
+            vec![(zipf_ms, zipf(0.99, 20_000.0)), (1000.0, second)],
+            repeat,
+        )
+    };
+    let with = |f: &dyn Fn(&mut Scenario)| {
+        let mut s = base.clone();
+        f(&mut s);
+        s
+    };
+    let variants = [
+        with(&|s| s.workload = zipf(0.8, 20_000.0)),
+        with(&|s| s.workload = zipf(0.99, 25_000.0)),
+        with(&|s| s.vm.memory = ByteSize(2 * GIB)),
+        with(&|s| s.vm.zero_page_fraction = 0.6),
+        with(&|s| s.link.page_header_bytes = 64),
+        with(&|s| s.link.zero_page_bytes = 1024),
+        with(&|s| s.link.bandwidth = Bandwidth(2.5e9)),
+        with(&|s| {
+            s.policy = PolicySpec::Qemu(QemuSpec {
+                max_bandwidth: Some(Bandwidth(4e8)),
+                ..QemuSpec::default()
+            })
+        }),
+        with(&|s| s.mode = Mode::Analytic),
+        with(&|s| s.workload = zipf_then_uniform(2000.0, true)),
+        with(&|s| s.workload = zipf_then_uniform(2500.0, true)),
+        with(&|s| s.workload = zipf_then_uniform(2500.0, false)),
+        with(&|s| s.policy = PolicySpec::by_name("xen-v2").unwrap()),
+    ];
+    let go = |s: &Scenario| format!("{:?}", simulate(&s.clone().check().unwrap(), 0));
+    fluid::forget_setups();
+    let base_result = go(&base);
+    for (i, v) in variants.iter().enumerate() {
+        fluid::forget_setups();
+        let cold = go(v);
+        assert_eq!(fluid::forget_setups(), 0);
+        assert_ne!(
+            cold, base_result,
+            "variant {i} changes nothing: it tests nothing"
+        );
+        go(&base);
+        let after_base = go(v);
+        let again = go(v);
+        let hits = fluid::forget_setups();
+        assert_eq!(after_base, cold, "variant {i} was handed another set-up");
+        assert_eq!(again, cold, "variant {i}: its kept set-up differs");
+        // The base's run, and the variant's second run, reuse kept set-ups (the last
+        // variant shares the base's from its first run).
+        let want = if i + 1 == variants.len() { 2 } else { 1 };
+        assert_eq!(hits, want, "variant {i}: set-ups reused");
+    }
+}
