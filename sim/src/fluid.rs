@@ -380,10 +380,37 @@ impl Layout {
 /// dirty pages spread over the whole segment, and the first pass's zero pages are cheap on the
 /// wire while re-dirtied pages are not. So the pages a number of bytes buys, and how many of
 /// the pages dirtied since the last harvest are still ahead, depend on where the sweep stands.
+/// Segments overlapping each elementary interval, in one list (`members[e]` is interval `e`'s).
+#[derive(Clone, Debug, Default)]
+struct Members {
+    segs: Vec<usize>,
+    /// Where each interval's segments start in `segs`, and the end.
+    start: Vec<usize>,
+}
+
+impl Members {
+    /// Elementary intervals.
+    fn len(&self) -> usize {
+        self.start.len().saturating_sub(1)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[usize]> {
+        (0..self.len()).map(|e| &self[e])
+    }
+}
+
+impl std::ops::Index<usize> for Members {
+    type Output = [usize];
+    #[inline]
+    fn index(&self, e: usize) -> &[usize] {
+        &self.segs[self.start[e]..self.start[e + 1]]
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 struct Sweep {
     /// Segments overlapping each elementary interval.
-    members: Vec<Vec<usize>>,
+    members: Members,
     lay: Layout,
     /// Per segment: send-set pages and bytes still ahead of the sweep in this iteration.
     ahead: Vec<f64>,
@@ -421,14 +448,32 @@ impl Sweep {
         cuts.dedup();
         let n = cuts.len() - 1;
         // Every segment boundary is a cut, so a segment covers a run of whole intervals.
-        let mut members: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (k, sg) in segs.iter().enumerate() {
-            let i0 = cuts.partition_point(|&c| c < sg.first.min(mem));
-            let i1 = cuts.partition_point(|&c| c < (sg.first + sg.pages).min(mem));
-            for m in &mut members[i0..i1.min(n)] {
-                m.push(k);
+        let spans: Vec<(usize, usize)> = (segs.iter())
+            .map(|sg| {
+                let i0 = cuts.partition_point(|&c| c < sg.first.min(mem));
+                let i1 = cuts.partition_point(|&c| c < (sg.first + sg.pages).min(mem));
+                (i0, i1.min(n))
+            })
+            .collect();
+        // Count each interval's segments, then place them (in segment order).
+        let mut start = vec![0usize; n + 1];
+        for &(a, b) in &spans {
+            for c in &mut start[a + 1..b + 1] {
+                *c += 1;
             }
         }
+        for e in 0..n {
+            start[e + 1] += start[e];
+        }
+        let mut fill = start.clone();
+        let mut list = vec![0usize; start[n]];
+        for (k, &(a, b)) in spans.iter().enumerate() {
+            for f in &mut fill[a..b] {
+                list[*f] = k;
+                *f += 1;
+            }
+        }
+        let members = Members { segs: list, start };
         let mut sw = Sweep {
             members,
             lay: Layout::default(),
@@ -1871,7 +1916,7 @@ impl Setup {
         // A cut buffer per piece holds the range ends of a few located scans; beyond that,
         // scans sharing addresses are spread evenly.
         let sweep = Sweep::new(&segs, key.mem_pages as f64);
-        for m in &sweep.members {
+        for m in sweep.members.iter() {
             let mut located = 0;
             for &k in m {
                 if segs[k].located {
@@ -2033,6 +2078,9 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
     let mut pending_trigger: Option<Trigger> = None;
     let mut snaps: Option<Snapshot> = None;
     let mut last_scalars = (f64::NAN, f64::NAN);
+    // Buffers for skipping ticks: the send set's byte/page table, where its pages per tick
+    // change, and per-segment dirt.
+    let mut tick_bufs = (Vec::new(), Vec::new(), std::cell::RefCell::new(Vec::new()));
     let outcome: (Status, String, f64, bool) = loop {
         // Carry out the decision in hand.
         let sync_now;
@@ -2333,13 +2381,15 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                 let horizon = (t + f.send_bytes * 8e9 / precopy_bps).min(max_time);
                 let max_ticks = ((horizon - t) / p).ceil() as u64;
                 let max_ticks = max_ticks.saturating_sub(2);
-                let mut table = Vec::new();
-                f.sweep.send_table(f.mem, &mut table);
+                let table = &mut tick_bufs.0;
+                table.clear();
+                f.sweep.send_table(f.mem, table);
+                let table = &*table;
                 if max_ticks > 0 && !table.is_empty() {
                     let bytes_per_tick = p * precopy_bps / 8e9;
                     let gdt = p * (1.0 - f.throttle) / 1e9;
                     let fr = &f;
-                    let scratch = std::cell::RefCell::new(Vec::new());
+                    let scratch = &tick_bufs.2;
                     let dirty_at = move |j: u64| -> u64 {
                         let extra = j as f64 * gdt * 1e9;
                         let d = fr.dirt_count(extra, &mut scratch.borrow_mut());
@@ -2354,15 +2404,16 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                         let (b0, p0) = if i == 0 { (0.0, 0.0) } else { table[i - 1] };
                         p0 + (b - b0) * (cp - p0) / (cb - b0)
                     };
-                    let kinks: Vec<f64> =
-                        table.iter().map(|&(cb, _)| cb / bytes_per_tick).collect();
+                    let kinks = &mut tick_bufs.1;
+                    kinks.clear();
+                    kinks.extend(table.iter().map(|&(cb, _)| cb / bytes_per_tick));
                     let fc = SteadyTicks {
                         period_ns: p as u64,
                         max_ticks,
                         bytes_per_tick,
                         sent_at: &sent_at,
                         dirty_at: &dirty_at,
-                        kinks: &kinks,
+                        kinks,
                     };
                     let k = policy.skip_ticks(&obs, &fc);
                     if k > 0 {
