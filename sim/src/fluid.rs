@@ -67,9 +67,10 @@ struct Seg {
     send_bytes: f64,
     /// Distinct dirty pages as last computed by `dirty_overlap` (reused by `harvest`).
     memo_dirty: std::cell::Cell<f64>,
-    /// The last (writes, distinct pages) computed by [`Seg::distinct`]: iterations of equal
-    /// length ask for the same counts again.
-    memo_distinct: std::cell::Cell<(f64, f64)>,
+    /// The last two (writes, distinct pages) computed by [`Seg::distinct`], latest first:
+    /// iterations of equal length ask for the same counts again, and a policy that syncs in
+    /// mid-pass asks in turn at its checks and right after its syncs.
+    memo_distinct: std::cell::Cell<[(f64, f64); 2]>,
     /// A sequential scan whose position is tracked (outside analytic mode): the pages it
     /// dirtied since the last harvest are the runs its head covered, not an even spread.
     located: bool,
@@ -91,12 +92,15 @@ impl Seg {
                     // series to third order; the next term is below 5e-11 of the value
                     n * (1.0 - x * (0.5 - x / 6.0))
                 } else {
-                    let (m, d) = self.memo_distinct.get();
-                    if m == n {
-                        return d;
+                    let [a, b] = self.memo_distinct.get();
+                    if a.0 == n {
+                        return a.1;
+                    }
+                    if b.0 == n {
+                        return b.1;
                     }
                     let d = self.pages * -(-x).exp_m1();
-                    self.memo_distinct.set((n, d));
+                    self.memo_distinct.set([(n, d), a]);
                     d
                 }
             }
@@ -157,7 +161,7 @@ fn class_segments(c: &Class, phase: usize, analytic: bool, out: &mut Vec<Seg>) {
         send: 0.0,
         send_bytes: 0.0,
         memo_dirty: std::cell::Cell::new(0.0),
-        memo_distinct: std::cell::Cell::new((0.0, 0.0)),
+        memo_distinct: std::cell::Cell::new([(0.0, 0.0); 2]),
         located: false,
     };
     match (analytic, c.pattern) {
@@ -273,7 +277,7 @@ fn segments(phases: &[Vec<Class>], mem: u64, analytic: bool) -> Vec<Seg> {
             send: 0.0,
             send_bytes: 0.0,
             memo_dirty: std::cell::Cell::new(0.0),
-            memo_distinct: std::cell::Cell::new((0.0, 0.0)),
+            memo_distinct: std::cell::Cell::new([(0.0, 0.0); 2]),
             located: false,
         });
     }
@@ -296,6 +300,15 @@ struct Piece {
     elem: u32,
     /// Start of its per-member densities in `Sweep::dens` / `Sweep::bdens`.
     off: u32,
+}
+
+/// One remembered [`Fluid::dirt_count`]: its key (bits of the guest time since the last sync
+/// and of the extra time), total and per-segment counts.
+#[derive(Clone, Debug, Default)]
+struct DirtMemo {
+    key: Option<(u64, u64)>,
+    total: f64,
+    dirt: Vec<Dirt>,
 }
 
 /// What a harvest adds to one segment's send set.
@@ -1063,6 +1076,11 @@ struct Fluid<'a> {
     memo_count: std::cell::Cell<(u64, f64)>,
     /// What each segment dirtied since the last harvest, as of the memoised state.
     seg_dirt: std::cell::RefCell<Vec<Dirt>>,
+    /// The last two counts of [`Fluid::dirt_count`] (guest time since the last sync, extra
+    /// time, total, per segment), latest first, when the counts depend on nothing else: one
+    /// phase, no located scan. A policy that syncs in mid-pass asks in turn at its checks and
+    /// right after its syncs, and iterations of equal length ask for the same counts again.
+    dirt_memo: Option<std::cell::RefCell<[DirtMemo; 2]>>,
     /// Per phase: its latest instance and the guest time into it at the last harvest.
     harvest_at: Vec<(i64, f64)>,
     /// Harvests at which some located scan had not covered its whole range since the one
@@ -1179,6 +1197,32 @@ impl Fluid<'_> {
     /// Expected pages dirtied after `extra` more ns of guest time in the current phase (without
     /// moving the sweep); fills `dirt` with what each segment dirtied.
     fn dirt_count(&self, extra: f64, dirt: &mut Vec<Dirt>) -> f64 {
+        let Some(memo) = &self.dirt_memo else {
+            return self.count_dirt(extra, dirt);
+        };
+        let key = (self.phase_guest[0].to_bits(), extra.to_bits());
+        let mut m = memo.borrow_mut();
+        if let Some(i) = m.iter().position(|e| e.key == Some(key)) {
+            #[cfg(test)]
+            DIRT_MEMO.with(|c| c.set((c.get().0, c.get().1 + 1)));
+            dirt.clear();
+            dirt.extend_from_slice(&m[i].dirt);
+            let total = m[i].total;
+            m.swap(0, i);
+            return total;
+        }
+        let total = self.count_dirt(extra, dirt);
+        m.swap(0, 1);
+        let e = &mut m[0];
+        e.key = Some(key);
+        e.total = total;
+        e.dirt.clear();
+        e.dirt.extend_from_slice(dirt);
+        total
+    }
+
+    /// [`Fluid::dirt_count`] worked out.
+    fn count_dirt(&self, extra: f64, dirt: &mut Vec<Dirt>) -> f64 {
         let sw = &self.sweep;
         let apart = !sw.overlapping || self.analytic;
         let mut dirty = 0.0;
@@ -1847,6 +1891,13 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: (runs on this thread count every dirty set afresh, counts reused so far).
+    pub(crate) static DIRT_MEMO: std::cell::Cell<(bool, u64)> =
+        const { std::cell::Cell::new((false, 0)) };
+}
+
 /// Forget the set-ups this thread kept (to time runs that compute their own).
 pub fn clear_setups() {
     SETUPS.with(|c| c.borrow_mut().clear());
@@ -1991,6 +2042,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
         memo: std::cell::Cell::new((0, 0.0, 0.0)),
         memo_count: std::cell::Cell::new((0, 0.0)),
         seg_dirt: Default::default(),
+        dirt_memo: None,
         harvest_at: Vec::new(),
         partial_scans: 0,
     };
@@ -2012,6 +2064,15 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
     };
     let set = Setup::get(key);
     (f.segs, f.sweep, f.send_bytes) = (set.segs, set.sweep, set.send_bytes);
+    if f.phase_guest.len() == 1 && !f.segs.iter().any(|sg| sg.located) {
+        #[cfg(test)]
+        let off = DIRT_MEMO.with(|m| m.get().0);
+        #[cfg(not(test))]
+        let off = false;
+        if !off {
+            f.dirt_memo = Some(Default::default());
+        }
+    }
     let mut zero_sent = set.zero_sent;
 
     let setup = 2 * f.one_way;
@@ -2537,7 +2598,7 @@ mod sweep_tests {
             send,
             send_bytes: send * wire,
             memo_dirty: std::cell::Cell::new(0.0),
-            memo_distinct: std::cell::Cell::new((0.0, 0.0)),
+            memo_distinct: std::cell::Cell::new([(0.0, 0.0); 2]),
             located: false,
         }
     }

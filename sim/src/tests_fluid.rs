@@ -44,6 +44,28 @@ fn exact_seeds(s: &Scenario, seeds: &[u64]) -> Vec<RunResult> {
         .collect()
 }
 
+/// Writes at `hot_rate` pages/s over a hot set of `hot` bytes, and at `cold_rate` over the
+/// rest of memory.
+fn hot_cold(hot: u64, hot_rate: f64, cold_rate: f64) -> WorkloadSpec {
+    WorkloadSpec::HotCold(HotColdSpec {
+        hot_wss: ByteSize(hot),
+        hot_rate_pps: hot_rate,
+        cold_wss: None,
+        cold_rate_pps: cold_rate,
+        offset: ByteSize(0),
+    })
+}
+
+/// Zipf writes at `rate` pages/s over `wss` bytes.
+fn zipf(wss: u64, rate: f64, exponent: f64) -> WorkloadSpec {
+    WorkloadSpec::Zipf(ZipfSpec {
+        wss: ByteSize(wss),
+        rate_pps: rate,
+        exponent,
+        offset: ByteSize(0),
+    })
+}
+
 /// Phases of (duration in ms, workload), in turn.
 fn phased(phases: Vec<(f64, WorkloadSpec)>, repeat: bool) -> WorkloadSpec {
     WorkloadSpec::Phased(PhasedSpec {
@@ -121,19 +143,8 @@ fn same(a: &RunResult, b: &RunResult) -> Result<(), String> {
 
 #[test]
 fn skipped_ticks_change_nothing() {
-    let hot_cold = WorkloadSpec::HotCold(HotColdSpec {
-        hot_wss: ByteSize(64 * MIB),
-        hot_rate_pps: 50_000.0,
-        cold_wss: None,
-        cold_rate_pps: 2000.0,
-        offset: ByteSize(0),
-    });
-    let zipf = WorkloadSpec::Zipf(ZipfSpec {
-        wss: ByteSize(GIB),
-        rate_pps: 30_000.0,
-        exponent: 0.99,
-        offset: ByteSize(0),
-    });
+    let hot_cold = hot_cold(64 * MIB, 50_000.0, 2000.0);
+    let zipf = zipf(GIB, 30_000.0, 0.99);
     let qemu = |auto: bool| {
         PolicySpec::Qemu(QemuSpec {
             auto_converge: auto,
@@ -763,14 +774,7 @@ fn a_kept_set_up_is_the_one_that_would_be_computed() {
     // Each variant changes one thing the set-up depends on (a policy change does not, and
     // reuses the base's). Run after the base, a variant must not be handed the base's set-up,
     // and run again it must reuse its own and come out the same.
-    let zipf = |exponent: f64, rate_pps: f64| {
-        WorkloadSpec::Zipf(ZipfSpec {
-            wss: ByteSize(256 * MIB),
-            rate_pps,
-            exponent,
-            offset: ByteSize(0),
-        })
-    };
+    let zipf = |exponent: f64, rate_pps: f64| zipf(256 * MIB, rate_pps, exponent);
     let mut base = scenario(
         GIB,
         1e9,
@@ -836,4 +840,41 @@ fn a_kept_set_up_is_the_one_that_would_be_computed() {
         let want = if i + 1 == variants.len() { 2 } else { 1 };
         assert_eq!(hits, want, "variant {i}: set-ups reused");
     }
+}
+
+#[test]
+fn remembered_dirty_counts_change_nothing() {
+    // Mid-pass syncs (adaptive), iterations of equal length (qemu, xen), tick skips that
+    // count ahead (downtime-ramp), and the analytic curve: every run must come out as when
+    // each dirty set is counted afresh, and the remembered counts must be used.
+    let mut cases = Vec::new();
+    let workloads = [
+        zipf(256 * MIB, 20_000.0, 0.99),
+        hot_cold(64 * MIB, 50_000.0, 2000.0),
+        uniform(256 * MIB, 5000.0),
+    ];
+    for w in workloads {
+        for p in ["adaptive", "qemu", "xen-legacy", "downtime-ramp"] {
+            let mut s = scenario(GIB, 1e9, w.clone(), PolicySpec::by_name(p).unwrap());
+            s.mode = Mode::Fluid;
+            cases.push(s.clone());
+            s.mode = Mode::Analytic;
+            cases.push(s);
+        }
+    }
+    let go = |s: &Scenario, fresh: bool| {
+        fluid::DIRT_MEMO.with(|m| m.set((fresh, 0)));
+        let r = format!("{:?}", simulate(&s.clone().check().unwrap(), 0));
+        (r, fluid::DIRT_MEMO.with(|m| m.get().1))
+    };
+    let mut reused = 0;
+    for s in &cases {
+        let (fresh, none) = go(s, true);
+        assert_eq!(none, 0);
+        let (kept, hits) = go(s, false);
+        assert_eq!(kept, fresh, "{} {:?}", s.policy.name(), s.mode);
+        reused += hits;
+    }
+    fluid::DIRT_MEMO.with(|m| m.set((false, 0)));
+    assert!(reused > 1000, "remembered counts used {reused} times");
 }
