@@ -849,38 +849,45 @@ impl Sweep {
         if np.len() <= limit {
             return;
         }
-        // Each pass merges the cheapest pair; merged-away pieces get zero length and are
-        // dropped at the end, with their densities, so equal layouts compare equal.
-        let mut live = np.len();
-        while live > limit {
-            let mut best = (f64::INFINITY, usize::MAX, usize::MAX);
-            let mut prev: Option<usize> = None;
-            for i in 0..np.len() {
-                if np[i].hi <= np[i].lo {
-                    continue;
-                }
-                if let Some(h) = prev {
-                    let (a, b) = (np[h], np[i]);
-                    if a.elem == b.elem && a.hi == b.lo {
-                        let k = self.members[a.elem as usize].len();
-                        let (oa, ob) = (a.off as usize, b.off as usize);
-                        let mut diff = 0.0;
-                        for j in 0..k {
-                            diff += (nd[oa + j] - nd[ob + j]).abs()
-                                + (nb[oa + j] - nb[ob + j]).abs() / page_wire;
-                        }
-                        let cost = diff * (a.hi - a.lo).min(b.hi - b.lo);
-                        if cost < best.0 {
-                            best = (cost, h, i);
-                        }
-                    }
-                }
-                prev = Some(i);
+        // Each pass merges the cheapest pair of neighbours (the first in address order of the
+        // cheapest); merged-away pieces get zero length and are dropped at the end, with their
+        // densities, so equal layouts compare equal. A pair's cost is kept by its right-hand
+        // piece and worked out again only for the two pairs a merge changes.
+        let n = np.len();
+        let cost_of = |np: &[Piece], nd: &[f64], nb: &[f64], h: usize, i: usize| -> f64 {
+            let (a, b) = (np[h], np[i]);
+            if a.elem != b.elem || a.hi != b.lo {
+                return f64::INFINITY; // not neighbours in one interval: never merged
             }
-            let (_, h, i) = best;
-            if h == usize::MAX {
+            let k = self.members[a.elem as usize].len();
+            let (oa, ob) = (a.off as usize, b.off as usize);
+            let mut diff = 0.0;
+            for j in 0..k {
+                diff +=
+                    (nd[oa + j] - nd[ob + j]).abs() + (nb[oa + j] - nb[ob + j]).abs() / page_wire;
+            }
+            diff * (a.hi - a.lo).min(b.hi - b.lo)
+        };
+        // Per piece: the cost of merging it into the live piece before it, and that piece.
+        let mut pair: Vec<(f64, usize)> = (0..n)
+            .map(|i| match i {
+                0 => (f64::INFINITY, usize::MAX),
+                _ => (cost_of(np, nd, nb, i - 1, i), i - 1),
+            })
+            .collect();
+        let mut live = n;
+        while live > limit {
+            let mut best = (f64::INFINITY, usize::MAX);
+            for (i, &(c, _)) in pair.iter().enumerate() {
+                if c < best.0 {
+                    best = (c, i);
+                }
+            }
+            let i = best.1;
+            if i == usize::MAX {
                 break;
             }
+            let h = pair[i].1;
             let (a, b) = (np[h], np[i]);
             let (la, lb) = (a.hi - a.lo, b.hi - b.lo);
             let k = self.members[a.elem as usize].len();
@@ -897,6 +904,15 @@ impl Sweep {
             np[h].hi = b.hi;
             np[i].lo = b.hi; // empty: dropped below
             live -= 1;
+            // The pairs around the merged piece.
+            pair[i] = (f64::INFINITY, usize::MAX);
+            if let Some(nx) = (i + 1..n).find(|&x| np[x].hi > np[x].lo) {
+                pair[nx] = (cost_of(np, nd, nb, h, nx), h);
+            }
+            let ph = pair[h].1;
+            if ph != usize::MAX {
+                pair[h] = (cost_of(np, nd, nb, ph, h), ph);
+            }
         }
         // Compact in place (offsets only grow along the pieces).
         let (mut w, mut wd) = (0, 0);
@@ -2886,5 +2902,107 @@ mod sweep_tests {
         let (sw, mut segs) = laid_out(&[(0.0, 1000.0, 0.5), rest], 100.0);
         segs[1].rate = 1.0;
         assert!(sw.ring(&segs).is_none());
+    }
+
+    #[test]
+    fn merging_pieces_picks_the_pairs_a_full_search_picks() {
+        // Intervals of one and of two members; pieces cut at random points with densities from
+        // a short list, so that many pairs cost the same and the order of choice matters.
+        let segs = vec![
+            seg(0.0, 1_000.0, 0.0, 4104.0),
+            seg(1_000.0, 2_000.0, 0.0, 4104.0),
+            seg(1_500.0, 1_500.0, 0.0, 4104.0),
+            seg(3_000.0, 1_000.0, 0.0, 4104.0),
+        ];
+        let mem = 4_000.0;
+        let page_wire = 4104.0;
+        let sw = Sweep::new(&segs, mem);
+        let mut state = 11u64;
+        let mut next = |n: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % n
+        };
+        // (lo, hi, interval, densities, byte densities) per piece.
+        type Naive = Vec<(f64, f64, u32, Vec<f64>, Vec<f64>)>;
+        for round in 0..300 {
+            let mut lay = Layout::default();
+            let mut naive: Naive = Vec::new();
+            for e in 0..sw.members.len() {
+                let (lo, hi) = (sw.elem_lo[e], sw.elem_hi[e]);
+                let mut cuts: Vec<f64> = (0..next(6))
+                    .map(|_| lo + next(1000) as f64 * (hi - lo) / 1000.0)
+                    .collect();
+                cuts.extend([lo, hi]);
+                cuts.sort_by(f64::total_cmp);
+                cuts.dedup();
+                for w in cuts.windows(2) {
+                    let k = sw.members[e].len();
+                    let d: Vec<f64> = (0..k)
+                        .map(|_| [0.0, 0.25, 0.5, 1.0][next(4) as usize])
+                        .collect();
+                    let b: Vec<f64> = d.iter().map(|x| x * page_wire).collect();
+                    let off = lay.dens.len() as u32;
+                    lay.pieces.push(Piece {
+                        lo: w[0],
+                        hi: w[1],
+                        elem: e as u32,
+                        off,
+                    });
+                    lay.dens.extend(&d);
+                    lay.bdens.extend(&b);
+                    lay.tot.push(d.iter().sum());
+                    lay.btot.push(b.iter().sum());
+                    naive.push((w[0], w[1], e as u32, d, b));
+                }
+            }
+            let limit = sw.members.len() + MAX_EXTRA_PIECES;
+            // The full search: the first cheapest pair of neighbours in one interval, again
+            // after every merge.
+            while naive.len() > limit {
+                let cost = |a: &(f64, f64, u32, Vec<f64>, Vec<f64>),
+                            b: &(f64, f64, u32, Vec<f64>, Vec<f64>)| {
+                    let diff: f64 = (0..a.3.len())
+                        .map(|j| (a.3[j] - b.3[j]).abs() + (a.4[j] - b.4[j]).abs() / page_wire)
+                        .sum();
+                    diff * (a.1 - a.0).min(b.1 - b.0)
+                };
+                let mut best: Option<(f64, usize)> = None;
+                for i in 1..naive.len() {
+                    let (a, b) = (&naive[i - 1], &naive[i]);
+                    if a.2 == b.2 && a.1 == b.0 && best.is_none_or(|(c, _)| cost(a, b) < c) {
+                        best = Some((cost(a, b), i));
+                    }
+                }
+                let Some((_, i)) = best else { break };
+                let b = naive.remove(i);
+                let a = &mut naive[i - 1];
+                let (la, lb) = (a.1 - a.0, b.1 - b.0);
+                for j in 0..a.3.len() {
+                    a.3[j] = (a.3[j] * la + b.3[j] * lb) / (la + lb);
+                    a.4[j] = (a.4[j] * la + b.4[j] * lb) / (la + lb);
+                }
+                a.1 = b.1;
+            }
+            sw.cap_pieces(&mut lay, page_wire);
+            assert_eq!(lay.pieces.len(), naive.len(), "round {round}");
+            for (i, (p, q)) in lay.pieces.iter().zip(&naive).enumerate() {
+                let k = q.3.len();
+                let o = p.off as usize;
+                assert_eq!(
+                    (p.lo, p.hi, p.elem),
+                    (q.0, q.1, q.2),
+                    "round {round}, piece {i}"
+                );
+                assert_eq!(&lay.dens[o..o + k], &q.3[..], "round {round}, piece {i}");
+                assert_eq!(&lay.bdens[o..o + k], &q.4[..], "round {round}, piece {i}");
+                assert_eq!(
+                    lay.tot[i],
+                    q.3.iter().sum::<f64>(),
+                    "round {round}, piece {i}"
+                );
+            }
+        }
     }
 }
