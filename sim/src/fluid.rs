@@ -923,14 +923,22 @@ impl Sweep {
             }
             let k = self.members[p.elem as usize].len();
             let o = p.off as usize;
-            nd.copy_within(o..o + k, wd);
-            nb.copy_within(o..o + k, wd);
-            np[w] = Piece {
-                off: wd as u32,
-                ..p
-            };
-            nt[w] = nt[r];
-            nbt[w] = nbt[r];
+            // (Pieces before the first merged-away one stay where they are; a piece holds a
+            // member or two, not worth a call to copy.)
+            if o != wd {
+                for j in 0..k {
+                    nd[wd + j] = nd[o + j];
+                    nb[wd + j] = nb[o + j];
+                }
+            }
+            if w != r || o != wd {
+                np[w] = Piece {
+                    off: wd as u32,
+                    ..p
+                };
+                nt[w] = nt[r];
+                nbt[w] = nbt[r];
+            }
             w += 1;
             wd += k;
         }
