@@ -593,13 +593,16 @@ impl Drift {
             .map(|c| (c.trigger, c.decision.clone()))
             .collect();
         // The figures the sync's observation would carry, rounded as there.
+        // (Only the figures a sync shows, each carried as [`ObsSrc::ahead`] carries it.)
+        let (a, b) = (&c1.src, &c2.src);
         let sync_at = |i: u64| {
-            let src = c2.src.ahead(&c1.src, i as f64);
+            let go = |b: f64, a: f64| b + i as f64 * (b - a);
             DriftSync {
-                pending_pages: round_u64(src.remaining) + round_u64(src.dirty),
-                total_pages_sent: src.total_pages as u64,
-                round: round_u64(src.round) as u32,
-                bandwidth_bps: src.last_bw,
+                pending_pages: round_u64(go(b.remaining, a.remaining))
+                    + round_u64(go(b.dirty, a.dirty)),
+                total_pages_sent: go(b.total_pages, a.total_pages) as u64,
+                round: round_u64(go(b.round, a.round)) as u32,
+                bandwidth_bps: go(b.last_bw, a.last_bw),
                 page_wire_bytes: ctx.page_wire as u64,
             }
         };
