@@ -362,9 +362,20 @@ impl Layout {
         self.btot.clear();
     }
 
-    /// Append a rebuilt part (its member densities already pushed at `part.off`, totals
-    /// `tot`), or widen the previous piece when nothing tells them apart.
-    fn push_part(&mut self, part: Piece, members: usize, tot: (f64, f64)) {
+    /// Append a rebuilt part `[lo, hi)` of interval `elem` (its member densities already
+    /// pushed at `off`, totals `tot`), or widen the previous piece when nothing tells them
+    /// apart. (The part comes as plain figures: built in memory by the caller and read back
+    /// whole here, it cost a stalled load per piece.)
+    #[inline]
+    fn push_part(
+        &mut self,
+        (lo, hi): (f64, f64),
+        elem: u32,
+        off: u32,
+        members: usize,
+        tot: (f64, f64),
+    ) {
+        let part = Piece { lo, hi, elem, off };
         let start = part.off as usize;
         if let Some(last) = self.pieces.last_mut() {
             let prev = last.off as usize;
@@ -731,16 +742,7 @@ impl Sweep {
                     segs[k].send += d * (hi - lo);
                     segs[k].send_bytes += b * (hi - lo);
                 }
-                new.push_part(
-                    Piece {
-                        lo,
-                        hi,
-                        elem: pc.elem,
-                        off: start as u32,
-                    },
-                    mems.len(),
-                    (t, bt),
-                );
+                new.push_part((lo, hi), pc.elem, start as u32, mems.len(), (t, bt));
             }
         }
         if new.pieces.len() + 1 >= self.members.len() + MAX_EXTRA_PIECES {
@@ -820,16 +822,7 @@ impl Sweep {
             new.bdens.push(b);
             segs[k].send += d * (hi - lo);
             segs[k].send_bytes += b * (hi - lo);
-            new.push_part(
-                Piece {
-                    lo,
-                    hi,
-                    elem: pc.elem,
-                    off: start as u32,
-                },
-                1,
-                (d, b),
-            );
+            new.push_part((lo, hi), pc.elem, start as u32, 1, (d, b));
         }
     }
 
@@ -1041,13 +1034,7 @@ impl Sweep {
             let off = rel.dens.len() as u32;
             rel.dens.extend_from_slice(&lay.dens[o..o + k]);
             rel.bdens.extend_from_slice(&lay.bdens[o..o + k]);
-            let part = Piece {
-                lo: a,
-                hi: b,
-                elem: e as u32,
-                off,
-            };
-            rel.push_part(part, k, (lay.tot[i], lay.btot[i]));
+            rel.push_part((a, b), e as u32, off, k, (lay.tot[i], lay.btot[i]));
         };
         // From the start to the interval's end, then from its beginning back to the start.
         for i in (0..lay.pieces.len()).filter(|&i| mine(i)) {
