@@ -302,13 +302,22 @@ struct Piece {
     off: u32,
 }
 
-/// One remembered [`Fluid::dirt_count`]: its key (bits of the guest time since the last sync
-/// and of the extra time), total and per-segment counts.
+/// Dirty counts remembered (the latest): the checks of an iteration that repeats
+/// the one before ask for the same counts at the same times since the sync (QEMU checks every
+/// 50 ms, and skipping checks asks about the ones ahead).
+const DIRT_MEMO_KEPT: usize = 8;
+
+/// Remembered [`Fluid::dirt_count`]s: their keys (bits of the guest time since the last sync
+/// and of the extra time), totals and per-segment counts (one segment list after another),
+/// and which one the next new count replaces once all are taken.
 #[derive(Clone, Debug, Default)]
-struct DirtMemo {
-    key: Option<(u64, u64)>,
-    total: f64,
+struct DirtMemos {
+    keys: [(u64, u64); DIRT_MEMO_KEPT],
+    totals: [f64; DIRT_MEMO_KEPT],
+    /// Counts kept so far (at most [`DIRT_MEMO_KEPT`]).
+    len: usize,
     dirt: Vec<Dirt>,
+    next: usize,
 }
 
 /// What a harvest adds to one segment's send set.
@@ -1087,11 +1096,12 @@ struct Fluid<'a> {
     memo_count: std::cell::Cell<(u64, f64)>,
     /// What each segment dirtied since the last harvest, as of the memoised state.
     seg_dirt: std::cell::RefCell<Vec<Dirt>>,
-    /// The last two counts of [`Fluid::dirt_count`] (guest time since the last sync, extra
-    /// time, total, per segment), latest first, when the counts depend on nothing else: one
-    /// phase, no located scan. A policy that syncs in mid-pass asks in turn at its checks and
-    /// right after its syncs, and iterations of equal length ask for the same counts again.
-    dirt_memo: Option<std::cell::RefCell<[DirtMemo; 2]>>,
+    /// The last [`DIRT_MEMO_KEPT`] counts of [`Fluid::dirt_count`] (guest time since the last
+    /// sync, extra time, total, per segment), when the counts depend
+    /// on nothing else: one phase, no located scan. A policy that syncs in mid-pass asks in
+    /// turn at its checks and right after its syncs, and iterations of equal length ask for the
+    /// same counts again.
+    dirt_memo: Option<std::cell::RefCell<DirtMemos>>,
     /// Per phase: its latest instance and the guest time into it at the last harvest.
     harvest_at: Vec<(i64, f64)>,
     /// Harvests at which some located scan had not covered its whole range since the one
@@ -1213,22 +1223,32 @@ impl Fluid<'_> {
         };
         let key = (self.phase_guest[0].to_bits(), extra.to_bits());
         let mut m = memo.borrow_mut();
-        if let Some(i) = m.iter().position(|e| e.key == Some(key)) {
+        let n = self.segs.len();
+        if let Some(i) = m.keys[..m.len].iter().position(|&k| k == key) {
             #[cfg(test)]
             DIRT_MEMO.with(|c| c.set((c.get().0, c.get().1 + 1)));
             dirt.clear();
-            dirt.extend_from_slice(&m[i].dirt);
-            let total = m[i].total;
-            m.swap(0, i);
-            return total;
+            dirt.extend_from_slice(&m.dirt[i * n..(i + 1) * n]);
+            return m.totals[i];
         }
         let total = self.count_dirt(extra, dirt);
-        m.swap(0, 1);
-        let e = &mut m[0];
-        e.key = Some(key);
-        e.total = total;
-        e.dirt.clear();
-        e.dirt.extend_from_slice(dirt);
+        // The oldest gives way.
+        let m = &mut *m;
+        let at = if m.len < DIRT_MEMO_KEPT {
+            if m.len == 0 {
+                m.dirt.reserve_exact(DIRT_MEMO_KEPT * n);
+            }
+            m.len += 1;
+            m.dirt.extend_from_slice(dirt);
+            m.len - 1
+        } else {
+            let at = m.next;
+            m.next = (at + 1) % DIRT_MEMO_KEPT;
+            m.dirt[at * n..(at + 1) * n].copy_from_slice(dirt);
+            at
+        };
+        m.keys[at] = key;
+        m.totals[at] = total;
         total
     }
 
