@@ -302,9 +302,9 @@ struct Piece {
     off: u32,
 }
 
-/// Dirty counts remembered (the latest): the checks of an iteration that repeats
-/// the one before ask for the same counts at the same times since the sync (QEMU checks every
-/// 50 ms, and skipping checks asks about the ones ahead).
+/// Dirty counts remembered (the latest): the checks of an iteration that repeats the one
+/// before ask for the same counts at the same times since the sync (QEMU checks every 50 ms,
+/// and skipping checks asks about the ones ahead).
 const DIRT_MEMO_KEPT: usize = 8;
 
 /// Remembered [`Fluid::dirt_count`]s: their keys (bits of the guest time since the last sync
@@ -1097,10 +1097,9 @@ struct Fluid<'a> {
     /// What each segment dirtied since the last harvest, as of the memoised state.
     seg_dirt: std::cell::RefCell<Vec<Dirt>>,
     /// The last [`DIRT_MEMO_KEPT`] counts of [`Fluid::dirt_count`] (guest time since the last
-    /// sync, extra time, total, per segment), when the counts depend
-    /// on nothing else: one phase, no located scan. A policy that syncs in mid-pass asks in
-    /// turn at its checks and right after its syncs, and iterations of equal length ask for the
-    /// same counts again.
+    /// sync, extra time, total, per segment), when the counts depend on nothing else: one
+    /// phase, no located scan. A policy that syncs in mid-pass asks in turn at its checks and
+    /// right after its syncs, and iterations of equal length ask for the same counts again.
     dirt_memo: Option<std::cell::RefCell<DirtMemos>>,
     /// Per phase: its latest instance and the guest time into it at the last harvest.
     harvest_at: Vec<(i64, f64)>,
