@@ -460,8 +460,9 @@ struct Sweep {
     s: f64,
     /// Piece holding the sweep position.
     at: usize,
-    /// Scratch buffers for rebuilding the pieces at a harvest.
+    /// Scratch buffers for rebuilding the pieces at a harvest, and for merging them.
     scratch: Layout,
+    pairs: Vec<(f64, usize)>,
     /// Harvests whose pieces came within one of the cap: merges depend on where pieces
     /// meet the ends of the intervals, so a send set turned around its interval could have
     /// been merged differently.
@@ -520,6 +521,7 @@ impl Sweep {
             s: 0.0,
             at: 0,
             scratch: Default::default(),
+            pairs: Vec::new(),
             near_cap: 0,
         };
         for i in 0..n {
@@ -757,7 +759,9 @@ impl Sweep {
         if new.pieces.len() + 1 >= self.members.len() + MAX_EXTRA_PIECES {
             self.near_cap += 1;
         }
-        self.cap_pieces(&mut new, page_wire);
+        let mut pairs = std::mem::take(&mut self.pairs);
+        self.cap_pieces(&mut new, page_wire, &mut pairs);
+        self.pairs = pairs;
         std::mem::swap(&mut self.lay, &mut new);
         self.scratch = new;
         for (k, sg) in segs.iter().enumerate() {
@@ -839,7 +843,7 @@ impl Sweep {
     /// the neighbours whose densities differ least (pages and bytes are conserved). Only
     /// migrations that harvest many times within a pass (a sawtooth of densities behind the
     /// sender) reach the cap.
-    fn cap_pieces(&self, new: &mut Layout, page_wire: f64) {
+    fn cap_pieces(&self, new: &mut Layout, page_wire: f64, pair: &mut Vec<(f64, usize)>) {
         let Layout {
             pieces: np,
             dens: nd,
@@ -871,12 +875,13 @@ impl Sweep {
             diff * (a.hi - a.lo).min(b.hi - b.lo)
         };
         // Per piece: the cost of merging it into the live piece before it, and that piece.
-        let mut pair: Vec<(f64, usize)> = (0..n)
-            .map(|i| match i {
-                0 => (f64::INFINITY, usize::MAX),
-                _ => (cost_of(np, nd, nb, i - 1, i), i - 1),
-            })
-            .collect();
+        pair.clear();
+        // (Most neighbours lie in different intervals: that test is made here, without a call.)
+        pair.extend((0..n).map(|i| match i {
+            0 => (f64::INFINITY, usize::MAX),
+            _ if np[i - 1].elem != np[i].elem => (f64::INFINITY, i - 1),
+            _ => (cost_of(np, nd, nb, i - 1, i), i - 1),
+        }));
         let mut live = n;
         while live > limit {
             let mut best = (f64::INFINITY, usize::MAX);
@@ -2094,6 +2099,13 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
     };
     let set = Setup::get(key);
     (f.segs, f.sweep, f.send_bytes) = (set.segs, set.sweep, set.send_bytes);
+    // The sender's loops walk the pieces until they have covered memory: a layout of another
+    // size would never let them end.
+    let laid = f.sweep.lay.pieces.last().map_or(0.0, |p| p.hi);
+    assert!(
+        laid == mem && f.sweep.lay.pieces.first().is_some_and(|p| p.lo == 0.0),
+        "fluid set-up laid out over {laid} pages for a VM of {mem} pages"
+    );
     if f.phase_guest.len() == 1 && !f.segs.iter().any(|sg| sg.located) {
         #[cfg(test)]
         let off = DIRT_MEMO.with(|m| m.get().0);
@@ -2999,7 +3011,7 @@ mod sweep_tests {
                 }
                 a.1 = b.1;
             }
-            sw.cap_pieces(&mut lay, page_wire);
+            sw.cap_pieces(&mut lay, page_wire, &mut Vec::new());
             assert_eq!(lay.pieces.len(), naive.len(), "round {round}");
             for (i, (p, q)) in lay.pieces.iter().zip(&naive).enumerate() {
                 let k = q.3.len();
