@@ -247,14 +247,23 @@ pub struct SteadyTicks<'a> {
 impl SteadyTicks<'_> {
     /// `elapsed_ns`, `remaining_pages` and `total_bytes_sent` as tick `j` will report them.
     pub fn at(&self, obs: &Observation, j: u64) -> (u64, u64, u64) {
-        let jf = j as f64;
         (
-            obs.elapsed_ns + j * self.period_ns,
+            self.elapsed_at(obs, j),
             (obs.remaining_pages as f64 - (self.sent_at)(j))
                 .round()
                 .max(0.0) as u64,
-            obs.total_bytes_sent + (jf * self.bytes_per_tick) as u64,
+            self.bytes_at(obs, j),
         )
+    }
+
+    /// `elapsed_ns` at tick `j` (as [`SteadyTicks::at`], without working out the pages).
+    pub fn elapsed_at(&self, obs: &Observation, j: u64) -> u64 {
+        obs.elapsed_ns + j * self.period_ns
+    }
+
+    /// `total_bytes_sent` at tick `j` (as [`SteadyTicks::at`]).
+    pub fn bytes_at(&self, obs: &Observation, j: u64) -> u64 {
+        obs.total_bytes_sent + (j as f64 * self.bytes_per_tick) as u64
     }
 }
 

@@ -161,10 +161,10 @@ impl Qemu {
         let j = (need / f.period_ns.max(1) as f64).ceil().max(0.0) as u64;
         let mut j = j.max(from);
         // `update_bandwidth` compares integer nanoseconds: settle the boundary exactly.
-        while j > from && self.window_done(f.at(obs, j - 1).0.saturating_sub(ws)) {
+        while j > from && self.window_done(f.elapsed_at(obs, j - 1).saturating_sub(ws)) {
             j -= 1;
         }
-        while !self.window_done(f.at(obs, j).0.saturating_sub(ws)) {
+        while !self.window_done(f.elapsed_at(obs, j).saturating_sub(ws)) {
             j += 1;
         }
         j
@@ -228,9 +228,9 @@ impl Policy for Qemu {
                 let k = fire.saturating_sub(1).min(f.max_ticks);
                 if close <= k {
                     let step =
-                        self.next_window_close(obs, f, f.at(obs, close).0, close + 1) - close;
+                        self.next_window_close(obs, f, f.elapsed_at(obs, close), close + 1) - close;
                     let last = close + (k - close) / step.max(1) * step.max(1);
-                    let (e, _, b) = f.at(obs, last);
+                    let (e, b) = (f.elapsed_at(obs, last), f.bytes_at(obs, last));
                     ws = e;
                     wb = b;
                 }
@@ -247,7 +247,7 @@ impl Policy for Qemu {
                 return k;
             }
             // The window closes at tick `close` (and the check there uses the new figure).
-            let (e, _, b) = f.at(obs, close);
+            let (e, b) = (f.elapsed_at(obs, close), f.bytes_at(obs, close));
             let new_bw = b.saturating_sub(wb) as f64 * 8e9 / e.saturating_sub(ws).max(1) as f64;
             if self.first_possible_sync(obs, f, new_bw, close) == close {
                 self.window_start_ns = ws;
@@ -467,7 +467,7 @@ impl Policy for DowntimeRamp {
         let completion_ns = self.spec.completion_timeout_s_per_gib * gib * 1e9;
         let progress_ns = self.spec.progress_timeout_s * 1e9;
         let ok = |j: u64| {
-            let e = f.at(obs, j).0;
+            let e = f.elapsed_at(obs, j);
             self.limit_at(e, gib) == limit
                 && (completion_ns <= 0.0 || e as f64 <= completion_ns)
                 && (progress_ns <= 0.0 || (e - self.best_at_ns) as f64 <= progress_ns)
