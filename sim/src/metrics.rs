@@ -200,92 +200,189 @@ pub const ROUNDS_HEADER: &[&str] = &[
 
 /// Quote a CSV field when it needs it.
 pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+    let mut out = String::new();
+    push_field(&mut out, s);
+    out
 }
 
 /// Deterministic float formatting: integers print without a fraction, others with up to 6
 /// significant decimals so outputs are byte-stable and readable.
 pub fn fmt_f64(x: f64) -> String {
+    let mut out = String::new();
+    push_f64(&mut out, x);
+    out
+}
+
+/// Append `s` as a CSV field (quoted when it holds a comma, quote or line break).
+pub fn push_field(out: &mut String, s: &str) {
+    if s.contains([',', '"', '\n', '\r']) {
+        out.push('"');
+        for part in s.split_inclusive('"') {
+            out.push_str(part);
+            if part.ends_with('"') {
+                out.push('"');
+            }
+        }
+        out.push('"');
+    } else {
+        out.push_str(s);
+    }
+}
+
+/// Append `x` as [`fmt_f64`] writes it.
+pub fn push_f64(out: &mut String, x: f64) {
+    use std::fmt::Write as _;
     if !x.is_finite() {
-        return String::new();
+        return;
     }
     if x.fract() == 0.0 && x.abs() < 1e15 {
-        format!("{}", x as i64)
+        out.push_str(itoa::Buffer::new().format(x as i64));
     } else {
-        let s = format!("{x:.6}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
+        // Consecutive rounds often share a rate: the last figure is kept, as exact decimal
+        // formatting costs more than the rest of a row.
+        LAST_F64.with(|last| {
+            let mut last = last.borrow_mut();
+            if last.0 != x.to_bits() || last.1.is_empty() {
+                last.1.clear();
+                // Writing to a String cannot fail.
+                let _ = write!(last.1, "{x:.6}");
+                let kept = last.1.trim_end_matches('0').trim_end_matches('.').len();
+                last.1.truncate(kept);
+                last.0 = x.to_bits();
+            }
+            out.push_str(&last.1);
+        });
     }
 }
 
-fn opt(v: Option<u64>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_default()
+thread_local! {
+    /// The last fractional figure [`push_f64`] wrote: its bits and its text.
+    static LAST_F64: std::cell::RefCell<(u64, String)> = const {
+        std::cell::RefCell::new((0, String::new()))
+    };
 }
 
-/// The values of one `runs.csv` row (without trailing `param_*` values).
-pub fn run_row(run_id: usize, r: &RunReport) -> Vec<String> {
+/// Append an integer in decimal.
+#[inline]
+fn push_int<I: itoa::Integer>(out: &mut String, v: I) {
+    out.push_str(itoa::Buffer::new().format(v));
+}
+
+/// Append an optional integer (nothing when absent).
+#[inline]
+fn push_opt(out: &mut String, v: Option<u64>) {
+    if let Some(v) = v {
+        push_int(out, v);
+    }
+}
+
+/// Append one `runs.csv` row (without trailing `param_*` values or the line break): the
+/// columns of [`RUNS_HEADER`].
+pub fn push_run_row(out: &mut String, run_id: usize, r: &RunReport) {
     let d = r.downtime;
-    vec![
-        run_id.to_string(),
-        csv_field(&r.backend),
-        csv_field(&r.scenario),
-        csv_field(&r.policy),
-        csv_field(&r.workload),
-        r.seed.to_string(),
-        r.replicate.to_string(),
-        r.status.as_str().to_string(),
-        csv_field(&r.reason),
-        r.mem_bytes.to_string(),
-        fmt_f64(r.link_bps),
-        r.total_time_ns.to_string(),
-        opt(r.downtime_ns()),
-        opt(d.map(|d| d.pause_ns)),
-        opt(d.map(|d| d.final_sync_ns)),
-        opt(d.map(|d| d.transfer_ns)),
-        opt(d.map(|d| d.state_ns)),
-        opt(d.map(|d| d.resume_ns)),
-        r.rounds.to_string(),
-        r.bytes_sent.to_string(),
-        r.pages_sent.to_string(),
-        r.zero_pages_sent.to_string(),
-        r.pages_resent.to_string(),
-        r.final_pages.to_string(),
-        r.final_bytes.to_string(),
-        r.guest_writes.to_string(),
-        r.max_throttle_pct.to_string(),
-        csv_field(&r.kind),
-        opt(r.postcopy.map(|p| p.duration_ns)),
-        opt(r.postcopy.map(|p| p.faults)),
-        opt(r.postcopy.map(|p| p.stall_ns)),
-        r.xbzrle_hits.to_string(),
-    ]
+    let c = |out: &mut String| out.push(',');
+    push_int(out, run_id);
+    c(out);
+    push_field(out, &r.backend);
+    c(out);
+    push_field(out, &r.scenario);
+    c(out);
+    push_field(out, &r.policy);
+    c(out);
+    push_field(out, &r.workload);
+    c(out);
+    push_int(out, r.seed);
+    c(out);
+    push_int(out, r.replicate);
+    c(out);
+    out.push_str(r.status.as_str());
+    c(out);
+    push_field(out, &r.reason);
+    c(out);
+    push_int(out, r.mem_bytes);
+    c(out);
+    push_f64(out, r.link_bps);
+    c(out);
+    push_int(out, r.total_time_ns);
+    for v in [
+        r.downtime_ns(),
+        d.map(|d| d.pause_ns),
+        d.map(|d| d.final_sync_ns),
+        d.map(|d| d.transfer_ns),
+        d.map(|d| d.state_ns),
+        d.map(|d| d.resume_ns),
+    ] {
+        c(out);
+        push_opt(out, v);
+    }
+    for v in [
+        r.rounds as u64,
+        r.bytes_sent,
+        r.pages_sent,
+        r.zero_pages_sent,
+        r.pages_resent,
+        r.final_pages,
+        r.final_bytes,
+        r.guest_writes,
+        r.max_throttle_pct as u64,
+    ] {
+        c(out);
+        push_int(out, v);
+    }
+    c(out);
+    push_field(out, &r.kind);
+    for v in [
+        r.postcopy.map(|p| p.duration_ns),
+        r.postcopy.map(|p| p.faults),
+        r.postcopy.map(|p| p.stall_ns),
+    ] {
+        c(out);
+        push_opt(out, v);
+    }
+    c(out);
+    push_int(out, r.xbzrle_hits);
 }
 
-pub fn round_row(run_id: usize, r: &RoundRecord) -> Vec<String> {
-    vec![
-        run_id.to_string(),
-        r.round.to_string(),
-        r.start_ns.to_string(),
-        r.duration_ns.to_string(),
-        r.pages_sent.to_string(),
-        r.zero_pages_sent.to_string(),
-        r.bytes_sent.to_string(),
-        r.pages_dirtied.to_string(),
-        fmt_f64(r.bandwidth_bps),
-        r.est_downtime_ns.to_string(),
-        r.throttle_pct.to_string(),
-        r.guest_writes.to_string(),
-    ]
+/// One `runs.csv` row as a line (see [`push_run_row`]), without the line break.
+pub fn run_row(run_id: usize, r: &RunReport) -> String {
+    let mut out = String::with_capacity(256);
+    push_run_row(&mut out, run_id, r);
+    out
+}
+
+/// Append one `rounds.csv` row and its line break: the columns of [`ROUNDS_HEADER`].
+pub fn push_round_line(out: &mut String, run_id: usize, r: &RoundRecord) {
+    push_int(out, run_id);
+    for v in [
+        r.round as u64,
+        r.start_ns,
+        r.duration_ns,
+        r.pages_sent,
+        r.zero_pages_sent,
+        r.bytes_sent,
+        r.pages_dirtied,
+    ] {
+        out.push(',');
+        push_int(out, v);
+    }
+    out.push(',');
+    push_f64(out, r.bandwidth_bps);
+    for v in [r.est_downtime_ns, r.throttle_pct as u64, r.guest_writes] {
+        out.push(',');
+        push_int(out, v);
+    }
+    out.push('\n');
 }
 
 /// Write `runs.csv` for `results` (run ids are their indices).
 pub fn write_runs_csv<W: Write>(mut w: W, results: &[RunResult]) -> io::Result<()> {
     writeln!(w, "{}", RUNS_HEADER.join(","))?;
+    let mut line = String::new();
     for (i, r) in results.iter().enumerate() {
-        writeln!(w, "{}", run_row(i, &r.report).join(","))?;
+        line.clear();
+        push_run_row(&mut line, i, &r.report);
+        line.push('\n');
+        w.write_all(line.as_bytes())?;
     }
     Ok(())
 }
@@ -293,10 +390,13 @@ pub fn write_runs_csv<W: Write>(mut w: W, results: &[RunResult]) -> io::Result<(
 /// Write `rounds.csv` for `results`.
 pub fn write_rounds_csv<W: Write>(mut w: W, results: &[RunResult]) -> io::Result<()> {
     writeln!(w, "{}", ROUNDS_HEADER.join(","))?;
+    let mut lines = String::new();
     for (i, r) in results.iter().enumerate() {
+        lines.clear();
         for rr in &r.rounds {
-            writeln!(w, "{}", round_row(i, rr).join(","))?;
+            push_round_line(&mut lines, i, rr);
         }
+        w.write_all(lines.as_bytes())?;
     }
     Ok(())
 }
@@ -431,4 +531,122 @@ pub fn render_summary(res: &RunResult) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `fmt_f64` as plainly as it can be written.
+    fn plain_f64(x: f64) -> String {
+        if !x.is_finite() {
+            String::new()
+        } else if x.fract() == 0.0 && x.abs() < 1e15 {
+            format!("{}", x as i64)
+        } else {
+            let s = format!("{x:.6}");
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        }
+    }
+
+    #[test]
+    fn fractions_print_the_same_whatever_printed_before() {
+        // Repeats, alternations and integers in between: a kept figure must only ever stand
+        // for the very same value.
+        let xs = [
+            1.5,
+            1.5,
+            2.25,
+            1.5,
+            998_869_337.674_637_1,
+            998_869_337.674_637_2,
+            f64::NAN,
+            2.25,
+            3.0,
+            0.1 + 0.2,
+            -0.000_000_4,
+            1e20,
+            998_869_337.674_637_1,
+        ];
+        for x in xs {
+            let mut s = String::from("x,");
+            push_f64(&mut s, x);
+            assert_eq!(s, format!("x,{}", plain_f64(x)), "{x:e}");
+            assert_eq!(fmt_f64(x), plain_f64(x));
+        }
+    }
+
+    #[test]
+    fn rows_hold_their_header_columns_with_fields_quoted() {
+        let r = RunReport {
+            backend: "sim".into(),
+            scenario: "a,\"b\"".into(),
+            policy: "qemu".into(),
+            workload: "zipf".into(),
+            seed: 7,
+            replicate: 2,
+            status: Status::Forced,
+            reason: "limit \"x\", then y".into(),
+            mem_bytes: 1 << 32,
+            link_bps: 1.25e9,
+            total_time_ns: 123,
+            downtime: Some(Downtime {
+                pause_ns: 1,
+                final_sync_ns: 2,
+                transfer_ns: 3,
+                state_ns: 4,
+                resume_ns: 5,
+            }),
+            rounds: 9,
+            bytes_sent: 10,
+            pages_sent: 11,
+            zero_pages_sent: 12,
+            pages_resent: 13,
+            final_pages: 14,
+            final_bytes: 15,
+            guest_writes: 16,
+            max_throttle_pct: 17,
+            kind: "live".into(),
+            postcopy: None,
+            xbzrle_hits: 18,
+        };
+        let row = run_row(4, &r);
+        assert_eq!(
+            row,
+            "4,sim,\"a,\"\"b\"\"\",qemu,zipf,7,2,forced,\"limit \"\"x\"\", then y\",4294967296,\
+             1250000000,123,15,1,2,3,4,5,9,10,11,12,13,14,15,16,17,live,,,,18"
+        );
+        // Unquoted, the fields line up with the header.
+        let plain = RunReport {
+            scenario: "s".into(),
+            reason: "r".into(),
+            ..r.clone()
+        };
+        assert_eq!(run_row(4, &plain).split(',').count(), RUNS_HEADER.len());
+        let rec = RoundRecord {
+            round: 3,
+            start_ns: 100,
+            duration_ns: 200,
+            pages_sent: 300,
+            zero_pages_sent: 4,
+            bytes_sent: 500,
+            pages_dirtied: 6,
+            bandwidth_bps: 998_869_337.674_637,
+            est_downtime_ns: 7,
+            throttle_pct: 8,
+            guest_writes: 9,
+        };
+        let mut lines = String::new();
+        push_round_line(&mut lines, 4, &rec);
+        push_round_line(&mut lines, 5, &rec);
+        assert_eq!(
+            lines,
+            "4,3,100,200,300,4,500,6,998869337.674637,7,8,9\n\
+             5,3,100,200,300,4,500,6,998869337.674637,7,8,9\n"
+        );
+        assert_eq!(
+            lines.lines().next().unwrap().split(',').count(),
+            ROUNDS_HEADER.len()
+        );
+    }
 }

@@ -202,7 +202,7 @@ fn run_batch(batch: &[sim::Checked], threads: usize) -> Result<(Vec<String>, f64
             .enumerate()
             .map(|(i, ck)| {
                 let t = Instant::now();
-                let row = sim::metrics::run_row(i, &sim::simulate(ck, 0).report).join(",");
+                let row = sim::metrics::run_row(i, &sim::simulate(ck, 0).report);
                 (row, t.elapsed().as_secs_f64())
             })
             .unzip()
@@ -267,7 +267,7 @@ fn grid_rates(grid: &[sim::Checked], reps: usize, cold: bool) -> (f64, f64) {
                 sim::fluid::clear_setups();
             }
             let r = sim::simulate(ck, 0);
-            sink.push(sim::metrics::run_row(i, &r.report).join(","));
+            sink.push(sim::metrics::run_row(i, &r.report));
         }
         rates.push(grid.len() as f64 / t0.elapsed().as_secs_f64());
     }

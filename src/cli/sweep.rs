@@ -595,8 +595,9 @@ struct RunLines {
 fn render_run(plan: &Plan, r: &RunRef) -> RunLines {
     let p = &plan.points[r.point];
     let res = simulate_run(plan, r);
-    let mut row = match &res {
-        Ok(res) => metrics::run_row(r.run_id, &res.report),
+    let mut runs = String::with_capacity(320);
+    match &res {
+        Ok(res) => metrics::push_run_row(&mut runs, r.run_id, &res.report),
         Err(e) => {
             let mut row = vec![String::new(); RUNS_HEADER.len()];
             let mut put = |col: &str, v: String| {
@@ -621,28 +622,28 @@ fn render_run(plan: &Plan, r: &RunRef) -> RunLines {
                 .into(),
             );
             put("reason", csv_field(e));
-            row
+            runs.push_str(&row.join(","));
         }
-    };
-    row.push(r.point_id.clone());
-    row.push(
-        p.scenario
-            .as_ref()
-            .map(|ck| fmt_f64(ck.workload.nominal_rate_pps()))
-            .unwrap_or_default(),
-    );
-    row.extend(p.params.iter().map(|v| csv_field(v)));
+    }
+    runs.push(',');
+    runs.push_str(&r.point_id);
+    runs.push(',');
+    if let Ok(ck) = &p.scenario {
+        metrics::push_f64(&mut runs, ck.workload.nominal_rate_pps());
+    }
+    for v in &p.params {
+        runs.push(',');
+        metrics::push_field(&mut runs, v);
+    }
+    runs.push('\n');
     let mut rounds = String::new();
     if let Ok(res) = &res {
+        rounds.reserve(res.rounds.len() * 80);
         for rr in &res.rounds {
-            rounds.push_str(&metrics::round_row(r.run_id, rr).join(","));
-            rounds.push('\n');
+            metrics::push_round_line(&mut rounds, r.run_id, rr);
         }
     }
-    RunLines {
-        runs: row.join(",") + "\n",
-        rounds,
-    }
+    RunLines { runs, rounds }
 }
 
 /// Parse `I/N` (1-based).
@@ -820,12 +821,24 @@ fn prepare_dir(dir: &Path, plan: &Plan, header: &[String], fresh: bool) -> Resul
     Ok(done)
 }
 
-fn append(path: &Path, text: &str) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
+/// Finished output held before it is appended even if 0.5 s have not passed (a fluid sweep
+/// renders tens of thousands of runs a second; each append waits for the disk).
+const FLUSH_BYTES: usize = 4 << 20;
+
+/// Append `parts` to the file at `path` and wait until they are on disk.
+fn append<'a>(path: &Path, parts: impl Iterator<Item = &'a str>) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
         .append(true)
         .open(path)
         .with_context(|| format!("failed to open {}", path.display()))?;
-    f.write_all(text.as_bytes())
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    for p in parts {
+        w.write_all(p.as_bytes())
+            .with_context(|| format!("failed to append to {}", path.display()))?;
+    }
+    let f = w
+        .into_inner()
+        .map_err(|e| e.into_error())
         .with_context(|| format!("failed to append to {}", path.display()))?;
     f.sync_data().ok();
     Ok(())
@@ -993,8 +1006,8 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
 ///
 /// Workers take runs in order from a shared counter (so a slow run never holds up a whole batch,
 /// and the runs in flight are always near the front of the plan); the calling thread keeps a
-/// reorder buffer and appends every contiguous finished prefix, at most every 0.5 s or 64 runs,
-/// `rounds.csv` first. Output bytes do not depend on the thread count.
+/// reorder buffer and appends every contiguous finished prefix every 0.5 s, or sooner once it
+/// holds [`FLUSH_BYTES`], `rounds.csv` first. Output bytes do not depend on the thread count.
 fn write_in_order(
     pool: &rayon::ThreadPool,
     threads: usize,
@@ -1028,33 +1041,38 @@ fn write_in_order(
         let mut pending: BTreeMap<usize, RunLines> = BTreeMap::new();
         let mut written = 0usize;
         let mut last = std::time::Instant::now();
-        let flush = |pending: &mut BTreeMap<usize, RunLines>, written: &mut usize| -> Result<()> {
-            let (mut runs, mut rounds) = (String::new(), String::new());
+        let mut held = 0usize; // bytes in `pending`
+        let flush = |pending: &mut BTreeMap<usize, RunLines>,
+                     written: &mut usize,
+                     held: &mut usize|
+         -> Result<()> {
+            let mut done = Vec::new();
             while let Some(l) = pending.remove(written) {
-                runs.push_str(&l.runs);
-                rounds.push_str(&l.rounds);
+                *held -= l.runs.len() + l.rounds.len();
+                done.push(l);
                 *written += 1;
             }
-            if !runs.is_empty() {
+            if !done.is_empty() {
                 // Rounds first: a crash between the two appends leaves rounds without a run
                 // row, which the next resume drops; never a run row without its rounds.
-                append(&rounds_p, &rounds)?;
-                append(&runs_p, &runs)?;
+                append(&rounds_p, done.iter().map(|l| l.rounds.as_str()))?;
+                append(&runs_p, done.iter().map(|l| l.runs.as_str()))?;
             }
             Ok(())
         };
         let res = (|| -> Result<()> {
             for (i, lines) in rx.iter() {
+                held += lines.runs.len() + lines.rounds.len();
                 pending.insert(i, lines);
                 pb.inc(1);
                 if pending.contains_key(&written)
-                    && (pending.len() >= 64 || last.elapsed().as_millis() >= 500)
+                    && (held >= FLUSH_BYTES || last.elapsed().as_millis() >= 500)
                 {
-                    flush(&mut pending, &mut written)?;
+                    flush(&mut pending, &mut written, &mut held)?;
                     last = std::time::Instant::now();
                 }
             }
-            flush(&mut pending, &mut written)
+            flush(&mut pending, &mut written, &mut held)
         })();
         if res.is_err() {
             stop.store(true, Ordering::Relaxed);
