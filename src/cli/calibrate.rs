@@ -90,6 +90,36 @@ pub fn fit_line(pts: &[(f64, f64)]) -> Option<(f64, f64)> {
     Some((my - b * mx, b))
 }
 
+/// The least-squares line through `pts` for the quantity `what`; an error naming it when the
+/// measurements cannot determine a line (fewer than two, or all at one x).
+pub fn fit(what: &str, pts: &[(f64, f64)]) -> Result<(f64, f64)> {
+    match fit_line(pts) {
+        Some(line) if line.0.is_finite() && line.1.is_finite() => Ok(line),
+        _ => {
+            let mut xs: Vec<f64> = pts.iter().map(|p| p.0).collect();
+            xs.sort_by(|a, b| a.total_cmp(b));
+            xs.dedup();
+            bail!(
+                "cannot fit {what}: {} measurement(s) at {} distinct x value(s) {:?}; \
+                 a line needs two",
+                pts.len(),
+                xs.len(),
+                &xs[..xs.len().min(4)]
+            )
+        }
+    }
+}
+
+/// `v` floored at 0; a negative fit (noise larger than the effect) is noted in `notes`.
+pub fn non_negative(what: &str, v: f64, notes: &mut Vec<String>) -> f64 {
+    if v < 0.0 {
+        notes.push(format!("{what} fitted as {v:.4}, written as 0"));
+        0.0
+    } else {
+        v
+    }
+}
+
 /// Simulator wire bytes of a round's pages (the simulator's 8-byte page header and 9-byte zero
 /// marker), so the efficiency is relative to what the simulator charges the link.
 fn sim_round_bps(ck: &sim::Checked, r: &sim::metrics::RoundRecord) -> f64 {
@@ -166,9 +196,12 @@ pub fn run(a: CalibrateArgs) -> Result<ExitCode> {
         let mut ys: Vec<f64> = setup_pts.iter().filter(|p| p.0 == g).map(|p| p.1).collect();
         medians.push((g, median(&mut ys)));
     }
-    let (setup_fixed, setup_per_gib) = fit_line(&medians).unwrap_or((0.0, 0.0));
-    let (setup_fixed, setup_per_gib) = (setup_fixed.max(0.0), setup_per_gib.max(0.0));
-    let sync_per_gib = fit_line(&idle_h_pts).map_or(0.0, |l| l.1.max(0.0));
+    let mut notes: Vec<String> = Vec::new();
+    let (setup_fixed, setup_per_gib) = fit("the destination set-up time per GiB", &medians)?;
+    let setup_fixed = non_negative("link.setup_ms", setup_fixed, &mut notes);
+    let setup_per_gib = non_negative("link.setup_ms_per_gib", setup_per_gib, &mut notes);
+    let sync_per_gib = fit("the idle harvest cost per GiB", &idle_h_pts)?.1;
+    let sync_per_gib = non_negative("dirty_log.sync_us_per_gib", sync_per_gib, &mut notes);
     let g0 = 64.0 / 1024.0;
 
     // Harvests with many dirty pages, and the pacer's efficiency at 125 MB/s.
@@ -199,9 +232,14 @@ pub fn run(a: CalibrateArgs) -> Result<ExitCode> {
             }
         }
     }
-    let (fit_fixed_ns, per_page_ns) = fit_line(&harvest_pts).unwrap_or((20_000.0, 0.0));
+    let (fit_fixed_ns, per_page_ns) = fit("the harvest cost per dirty page", &harvest_pts)?;
+    let per_page_ns = non_negative("dirty_log.sync_ns_per_dirty_page", per_page_ns, &mut notes);
     // The fit's intercept holds the 64 MiB slot scan; the file's fixed part excludes it.
-    let sync_fixed_us = (fit_fixed_ns / 1e3 - sync_per_gib * g0).max(0.0);
+    let sync_fixed_us = non_negative(
+        "dirty_log.sync_fixed_us",
+        fit_fixed_ns / 1e3 - sync_per_gib * g0,
+        &mut notes,
+    );
 
     let fast = micro(
         "max-rate",
@@ -217,11 +255,19 @@ pub fn run(a: CalibrateArgs) -> Result<ExitCode> {
         max_pps.push(run.achieved_pps);
     }
 
+    for w in &notes {
+        eprintln!("warning: {w} (the measurements are noisier than the effect)");
+    }
     let cal = Calibration {
         note: format!(
-            "measured by `migsim calibrate --repeats {n}` on {} with {} micro-runs; state save/send/load time is folded into resume_ms",
+            "measured by `migsim calibrate --repeats {n}` on {} with {} micro-runs; state save/send/load time is folded into resume_ms{}",
             hostname(),
-            3 * n + 2 * n + n.min(2)
+            3 * n + 2 * n + n.min(2),
+            if notes.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", notes.join("; "))
+            }
         ),
         switchover: Some(SwitchoverSpec {
             pause_ms: round3(median(&mut pause)),
@@ -231,7 +277,7 @@ pub fn run(a: CalibrateArgs) -> Result<ExitCode> {
         dirty_log: Some(DirtyLogSpec {
             sync_fixed_us: round3(sync_fixed_us),
             sync_us_per_gib: round3(sync_per_gib),
-            sync_ns_per_dirty_page: round3(per_page_ns.max(0.0)),
+            sync_ns_per_dirty_page: round3(per_page_ns),
         }),
         link: Some(LinkCalibration {
             efficiency: Some((median(&mut eff) * 1e4).round() / 1e4),
@@ -278,6 +324,36 @@ mod tests {
         let (a, b) = fit_line(&pts).unwrap();
         assert!((a - 3.0).abs() < 1e-9 && (b - 2.0).abs() < 1e-9);
         assert!(fit_line(&[(1.0, 1.0), (1.0, 2.0)]).is_none());
+    }
+
+    #[test]
+    fn a_fit_the_measurements_cannot_determine_is_refused_by_name() {
+        let e = fit(
+            "the harvest cost per dirty page",
+            &[(0.0, 5.0), (0.0, 7.0), (0.0, 6.0)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("the harvest cost per dirty page") && e.contains("1 distinct"),
+            "{e}"
+        );
+        assert!(fit("x", &[(1.0, 2.0)]).is_err());
+        assert!(fit("x", &[(f64::NAN, 1.0), (1.0, 2.0)]).is_err());
+        let (a, b) = fit("x", &[(1.0, 3.0), (2.0, 5.0)]).unwrap();
+        assert!((a - 1.0).abs() < 1e-12 && (b - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn negative_fits_are_floored_and_noted() {
+        let mut notes = Vec::new();
+        assert_eq!(non_negative("link.setup_ms", 3.5, &mut notes), 3.5);
+        assert!(notes.is_empty());
+        assert_eq!(non_negative("link.setup_ms", -0.25, &mut notes), 0.0);
+        assert_eq!(
+            notes,
+            vec!["link.setup_ms fitted as -0.2500, written as 0".to_string()]
+        );
     }
 
     #[test]
