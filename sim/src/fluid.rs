@@ -363,6 +363,22 @@ struct Layout {
 }
 
 impl Layout {
+    /// Make `self` a copy of `o`, in the buffers it has.
+    fn copy_from(&mut self, o: &Layout) {
+        let Layout {
+            pieces,
+            dens,
+            bdens,
+            tot,
+            btot,
+        } = o;
+        self.pieces.clone_from(pieces);
+        self.dens.clone_from(dens);
+        self.bdens.clone_from(bdens);
+        self.tot.clone_from(tot);
+        self.btot.clone_from(btot);
+    }
+
     fn clear(&mut self) {
         self.pieces.clear();
         self.dens.clear();
@@ -470,6 +486,37 @@ struct Sweep {
 }
 
 impl Sweep {
+    /// Make `self` a copy of `o`, in the buffers it has (its scratch buffers are kept as
+    /// they are: every use clears them first).
+    fn copy_from(&mut self, o: &Sweep) {
+        let Sweep {
+            members: Members { segs, start },
+            lay,
+            ahead,
+            ahead_b,
+            elem_lo,
+            elem_hi,
+            ahead_e,
+            overlapping,
+            x0,
+            s,
+            at,
+            scratch: _,
+            pairs: _,
+            near_cap,
+        } = o;
+        self.members.segs.clone_from(segs);
+        self.members.start.clone_from(start);
+        self.lay.copy_from(lay);
+        self.ahead.clone_from(ahead);
+        self.ahead_b.clone_from(ahead_b);
+        self.elem_lo.clone_from(elem_lo);
+        self.elem_hi.clone_from(elem_hi);
+        self.ahead_e.clone_from(ahead_e);
+        (self.overlapping, self.x0, self.s, self.at) = (*overlapping, *x0, *s, *at);
+        self.near_cap = *near_cap;
+    }
+
     /// One piece per elementary interval, each segment's send set spread evenly over it.
     fn new(segs: &[Seg], mem: f64) -> Self {
         let mut cuts: Vec<f64> = Vec::with_capacity(2 * segs.len() + 2);
@@ -1262,6 +1309,7 @@ impl Fluid<'_> {
         let apart = !sw.overlapping || self.analytic;
         let mut dirty = 0.0;
         dirt.clear();
+        dirt.reserve(self.segs.len());
         for sg in &self.segs {
             let n = self.writes(sg) + sg.rate * extra / 1e9;
             let mut dk = Dirt::default();
@@ -1470,7 +1518,9 @@ struct Snapshot {
 }
 
 impl Snapshot {
+    /// The state now, in the buffers of `reuse` when given.
     fn take(
+        reuse: Option<Snapshot>,
         f: &Fluid,
         t: f64,
         ready: f64,
@@ -1478,18 +1528,24 @@ impl Snapshot {
         total_pages: f64,
         total_bytes: f64,
     ) -> Self {
+        let (mut lay, mut heads, mut writes) = reuse
+            .map(|o| (o.lay, o.heads, o.writes))
+            .unwrap_or_default();
+        lay.copy_from(&f.sweep.lay);
+        heads.clear();
+        heads.extend(
+            (f.segs.iter())
+                .filter(|s| s.located)
+                .map(|s| (s.rate / 1e9 * f.harvest_at[s.phase].1).rem_euclid(s.pages.max(1.0))),
+        );
+        writes.clone_from(&f.phase_guest);
         Snapshot {
             t,
             x0: f.sweep.x0,
-            lay: f.sweep.lay.clone(),
+            lay,
             holders: f.sweep.holders(),
-            heads: f
-                .segs
-                .iter()
-                .filter(|s| s.located)
-                .map(|s| (s.rate / 1e9 * f.harvest_at[s.phase].1).rem_euclid(s.pages.max(1.0)))
-                .collect(),
-            writes: f.phase_guest.clone(),
+            heads,
+            writes,
             send_pages: f.send_pages,
             send_bytes: f.send_bytes,
             throttle: f.throttle,
@@ -1933,6 +1989,12 @@ thread_local! {
         const { std::cell::Cell::new((false, 0)) };
 }
 
+thread_local! {
+    /// The segment list and layout of this thread's last run, whose buffers the next one fills.
+    static SPARE: std::cell::Cell<Option<(Vec<Seg>, Sweep)>> =
+        const { std::cell::Cell::new(None) };
+}
+
 /// Forget the set-ups this thread kept (to time runs that compute their own).
 pub fn clear_setups() {
     SETUPS.with(|c| c.borrow_mut().clear());
@@ -1951,30 +2013,38 @@ thread_local! {
 }
 
 impl Setup {
-    /// The set-up for `key`: a kept one (the most recently used are kept), else a new one.
-    fn get(key: SetupKey) -> Setup {
+    /// The set-up for `key`, a kept one (the most recently used are kept) or else a new one,
+    /// copied into `segs` and `sweep` (in the buffers they have); returns the send set's
+    /// bytes and the zero pages sent.
+    fn get_into(key: SetupKey, segs: &mut Vec<Seg>, sweep: &mut Sweep) -> (f64, f64) {
         let hit = SETUPS.with(|c| {
             let mut c = c.borrow_mut();
             let i = c.iter().position(|(k, _)| *k == key)?;
             let e = c.remove(i);
-            let set = e.1.clone();
+            let set = &e.1;
+            segs.clone_from(&set.segs);
+            sweep.copy_from(&set.sweep);
+            let out = (set.send_bytes, set.zero_sent);
             c.push(e);
-            Some(set)
+            Some(out)
         });
-        if let Some(set) = hit {
+        if let Some(out) = hit {
             #[cfg(test)]
             SETUP_HITS.with(|h| h.set(h.get() + 1));
-            return set;
+            return out;
         }
         let set = Setup::new(&key);
+        segs.clone_from(&set.segs);
+        sweep.copy_from(&set.sweep);
+        let out = (set.send_bytes, set.zero_sent);
         SETUPS.with(|c| {
             let mut c = c.borrow_mut();
             if c.len() >= SETUPS_KEPT {
                 c.remove(0);
             }
-            c.push((key, set.clone()));
+            c.push((key, set));
         });
-        set
+        out
     }
 
     fn new(key: &SetupKey) -> Setup {
@@ -2097,8 +2167,10 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
         phases: f.phases.clone(),
         repeat: f.repeat,
     };
-    let set = Setup::get(key);
-    (f.segs, f.sweep, f.send_bytes) = (set.segs, set.sweep, set.send_bytes);
+    // The last run's segment list and layout lend their buffers.
+    (f.segs, f.sweep) = SPARE.with(|s| s.take()).unwrap_or_default();
+    let zero_sent;
+    (f.send_bytes, zero_sent) = Setup::get_into(key, &mut f.segs, &mut f.sweep);
     // The sender's loops walk the pieces until they have covered memory: a layout of another
     // size would never let them end.
     let laid = f.sweep.lay.pieces.last().map_or(0.0, |p| p.hi);
@@ -2115,7 +2187,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
             f.dirt_memo = Some(Default::default());
         }
     }
-    let mut zero_sent = set.zero_sent;
+    let mut zero_sent = zero_sent;
 
     let setup = 2 * f.one_way;
     let max_time = (sc.limits.max_time_s * 1e9).round();
@@ -2180,6 +2252,8 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
     let mut drift = Drift::default();
     let mut pending_trigger: Option<Trigger> = None;
     let mut snaps: Option<Snapshot> = None;
+    // (A snapshot let go, whose buffers the next one fills.)
+    let mut spare: Option<Snapshot> = None;
     let mut last_scalars = (f64::NAN, f64::NAN);
     // Buffers for skipping ticks: the send set's byte/page table, where its pages per tick
     // change, and per-segment dirt.
@@ -2304,11 +2378,19 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
             let scalars = (f.send_pages, f.send_bytes);
             let repeat = same_scalars(last_scalars, scalars);
             last_scalars = scalars;
-            if !repeat {
-                snaps = None;
+            if !repeat && snaps.is_some() {
+                spare = snaps.take();
             }
             if skip_ticks && repeat && decision == Decision::Continue && f.phases.len() <= 1 {
-                let now = Snapshot::take(&f, t, ready, next_tick, total_pages, total_bytes);
+                let now = Snapshot::take(
+                    spare.take(),
+                    &f,
+                    t,
+                    ready,
+                    next_tick,
+                    total_pages,
+                    total_bytes,
+                );
                 if let Some(prev) = snaps.as_ref().filter(|p| p.same_state(&now)) {
                     let period = t - prev.t;
                     let n_max = ((max_time - t) / period).floor() as u64;
@@ -2367,11 +2449,11 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                         }
                         log.irregular = true;
                     }
-                    snaps = None;
+                    spare = snaps.take();
                 } else {
                     let mut now = now;
                     now.rounds = rounds.len();
-                    snaps = Some(now);
+                    spare = snaps.replace(now);
                 }
             }
             if skip_ticks && decision == Decision::Continue && !log.irregular {
@@ -2402,7 +2484,9 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                     drift.land(&mut f, &mut lv, jump.n);
                     policy = jump.policy;
                     last_round = jump.last_round;
-                    snaps = None;
+                    if snaps.is_some() {
+                        spare = snaps.take();
+                    }
                     last_scalars = (f64::NAN, f64::NAN);
                 }
             } else {
@@ -2623,6 +2707,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
         postcopy: None,
         xbzrle_hits: 0,
     };
+    SPARE.with(|s| s.set(Some((f.segs, f.sweep))));
     RunResult { report, rounds }
 }
 

@@ -323,6 +323,28 @@ pub struct DowntimeRamp {
     best_at_ns: u64,
 }
 
+/// The ends of the stretches between `kinks` (increasing, in ticks) over ticks 1..=`k`, in order
+/// and each once: 1, the ticks either side of each kink inside, and `k`. The floors and the
+/// ceilings of increasing kinks each increase, so a value not above the last one given was
+/// given already (two kinks within one tick repeat a value): no list to sort.
+fn stretch_ends(kinks: &[f64], k: u64) -> impl Iterator<Item = u64> + '_ {
+    let mut last = None;
+    std::iter::once(1)
+        .chain(
+            (kinks.iter())
+                .filter(move |&&x| x > 1.0 && x < k as f64)
+                .flat_map(|&x| [x.floor() as u64, x.ceil() as u64]),
+        )
+        .chain(std::iter::once(k))
+        .filter(move |&b| {
+            let new = last.is_none_or(|l| b > l);
+            if new {
+                last = Some(b);
+            }
+            new
+        })
+}
+
 impl DowntimeRamp {
     pub fn new(spec: DowntimeRampSpec, vcpus: u32) -> Self {
         let q = QemuSpec {
@@ -347,20 +369,14 @@ impl DowntimeRamp {
             let (e, left, _) = f.at(obs, j);
             (left + (f.dirty_at)(j), e)
         };
-        let mut ends: Vec<u64> = vec![1, k];
-        for &x in f.kinks.iter().filter(|&&x| x > 1.0 && x < k as f64) {
-            ends.push(x.floor() as u64);
-            ends.push(x.ceil() as u64);
-        }
-        ends.sort_unstable();
-        ends.dedup();
+        let ends = || stretch_ends(f.kinks, k);
         // Usually each tick sends more pages than the guest dirties (dirtying slows as it
         // goes, so the first tick dirties most): then every check is a new low, the last one
         // included, whatever rounding does (a page either way for the pages left and for the
         // dirtied ones).
         let sent_step = |j: u64| (f.sent_at)(j + 1) - (f.sent_at)(j);
-        let least_sent = (ends.iter())
-            .flat_map(|&b| [b.saturating_sub(1), b.min(k - 1)])
+        let least_sent = ends()
+            .flat_map(|b| [b.saturating_sub(1), b.min(k - 1)])
             .map(sent_step)
             .fold(f64::INFINITY, f64::min);
         let most_dirtied = (f.dirty_at)(1).saturating_sub(obs.dirty_pages) as f64 + 1.0;
@@ -375,7 +391,7 @@ impl DowntimeRamp {
         // Otherwise the lowest pending over the ticks is at one of the stretch ends: find the
         // first end that reaches it, then the first tick of its stretch that does.
         let (mut low, mut prev, mut at) = (self.best_pending, 0, None);
-        for &b in &ends {
+        for b in ends() {
             let (p, _) = pending(b);
             if p < low {
                 low = p;
@@ -583,5 +599,42 @@ impl Policy for PostCopy {
             }
         }
         d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stretch_ends;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn stretch_ends_are_the_sorted_distinct_ends() {
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(11);
+        for case in 0..2000 {
+            let k = rng.gen_range(1..60u64);
+            // Increasing kinks, often several within one tick, some on whole ticks.
+            let mut x = rng.gen_range(-2.0..3.0f64);
+            let mut kinks = Vec::new();
+            for _ in 0..rng.gen_range(0..12) {
+                x += if rng.gen_bool(0.2) {
+                    rng.gen_range(1..4) as f64
+                } else {
+                    rng.gen_range(0.01..2.5)
+                };
+                if rng.gen_bool(0.1) && x.ceil() > kinks.last().copied().unwrap_or(f64::MIN) {
+                    x = x.ceil();
+                }
+                kinks.push(x);
+            }
+            let mut want = vec![1, k];
+            for &x in kinks.iter().filter(|&&x| x > 1.0 && x < k as f64) {
+                want.push(x.floor() as u64);
+                want.push(x.ceil() as u64);
+            }
+            want.sort_unstable();
+            want.dedup();
+            let got: Vec<u64> = stretch_ends(&kinks, k).collect();
+            assert_eq!(got, want, "case {case}: k {k}, kinks {kinks:?}");
+        }
     }
 }
