@@ -400,28 +400,44 @@ fn predicted_vs_measured_pairs_kvm_rows_with_sim_rows() {
 #[test]
 fn killed_sweep_resumes_to_the_same_bytes() {
     let d = setup();
+    // Long enough (tens of thousands of runs, a second or more) that the sweep is still
+    // running when its first rows reach the disk (it appends every 0.5 s).
     let big = SPEC
-        .replace("replicates = 2", "replicates = 8")
+        .replace("replicates = 2", "replicates = 200")
         .replace("steps = 3", "steps = 6");
     std::fs::write(d.path().join("spec.toml"), big).unwrap();
     ok(&sweep(d.path(), "full", &[]));
-    // Kill -9 a sweep part-way (wherever it is), then resume it.
+    let full_lines = read(d.path().join("full/runs.csv")).lines().count();
+    // Kill -9 a sweep as soon as some finished runs are on disk, then resume it.
     let mut child = Command::new(BIN)
         .args(["sweep", "spec.toml", "--out", "killed", "-q", "-j", "2"])
         .current_dir(d.path())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(250));
+    let lines = || {
+        std::fs::read_to_string(d.path().join("killed/runs.csv")).map_or(0, |t| t.lines().count())
+    };
+    let t0 = std::time::Instant::now();
+    while lines() <= 1
+        && child.try_wait().unwrap().is_none()
+        && t0.elapsed() < std::time::Duration::from_secs(120)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
     child.kill().ok();
     child.wait().unwrap();
-    let partial = std::fs::read_to_string(d.path().join("killed/runs.csv")).unwrap_or_default();
-    eprintln!("killed after {} lines of runs.csv", partial.lines().count());
+    let partial = lines();
+    assert!(
+        partial > 1 && partial < full_lines,
+        "the kill did not land part-way: {partial} of {full_lines} lines of runs.csv written \
+         (a faster machine needs a longer sweep here)"
+    );
+    eprintln!("killed after {partial} of {full_lines} lines of runs.csv");
     ok(&sweep(d.path(), "killed", &["-j", "1"]));
     assert_eq!(
         read(d.path().join("killed/runs.csv")),
         read(d.path().join("full/runs.csv")),
-        "after a kill with {} lines written",
-        partial.lines().count()
+        "after a kill with {partial} lines written"
     );
     assert_eq!(
         read(d.path().join("killed/rounds.csv")),
