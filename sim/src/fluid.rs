@@ -2204,7 +2204,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
     let (mut total_pages, mut total_bytes) = (0.0f64, 0.0f64);
     let mut last_round: Option<RoundSrc> = None;
     let mut last_bw = precopy_bps;
-    let mut rounds: Vec<RoundRecord> = Vec::new();
+    let mut rounds: Vec<RoundRecord> = Vec::with_capacity(16);
     let mut max_throttle = 0.0f64;
     let ctx = ObsCtx {
         mem_bytes: ck.mem_bytes(),
@@ -2413,6 +2413,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                     if n > 0 {
                         let nf = n as f64;
                         let template: Vec<RoundRecord> = rounds[prev.rounds..].to_vec();
+                        rounds.reserve(n as usize * template.len());
                         for i in 1..=n {
                             for r in &template {
                                 let mut r = r.clone();
