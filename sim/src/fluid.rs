@@ -1963,7 +1963,7 @@ struct SetupKey {
 
 /// A run's starting point: the segments with their first-pass bytes, the send set laid out,
 /// and the zero pages the first pass sends as markers.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Setup {
     segs: Vec<Seg>,
     sweep: Sweep,
@@ -2017,34 +2017,29 @@ impl Setup {
     /// copied into `segs` and `sweep` (in the buffers they have); returns the send set's
     /// bytes and the zero pages sent.
     fn get_into(key: SetupKey, segs: &mut Vec<Seg>, sweep: &mut Sweep) -> (f64, f64) {
-        let hit = SETUPS.with(|c| {
+        SETUPS.with(|c| {
             let mut c = c.borrow_mut();
-            let i = c.iter().position(|(k, _)| *k == key)?;
-            let e = c.remove(i);
+            let e = match c.iter().position(|(k, _)| *k == key) {
+                Some(i) => {
+                    #[cfg(test)]
+                    SETUP_HITS.with(|h| h.set(h.get() + 1));
+                    c.remove(i)
+                }
+                None => {
+                    let set = Setup::new(&key);
+                    if c.len() >= SETUPS_KEPT {
+                        c.remove(0);
+                    }
+                    (key, set)
+                }
+            };
             let set = &e.1;
             segs.clone_from(&set.segs);
             sweep.copy_from(&set.sweep);
             let out = (set.send_bytes, set.zero_sent);
             c.push(e);
-            Some(out)
-        });
-        if let Some(out) = hit {
-            #[cfg(test)]
-            SETUP_HITS.with(|h| h.set(h.get() + 1));
-            return out;
-        }
-        let set = Setup::new(&key);
-        segs.clone_from(&set.segs);
-        sweep.copy_from(&set.sweep);
-        let out = (set.send_bytes, set.zero_sent);
-        SETUPS.with(|c| {
-            let mut c = c.borrow_mut();
-            if c.len() >= SETUPS_KEPT {
-                c.remove(0);
-            }
-            c.push((key, set));
-        });
-        out
+            out
+        })
     }
 
     fn new(key: &SetupKey) -> Setup {

@@ -282,14 +282,10 @@ pub fn push_run_row(out: &mut String, run_id: usize, r: &RunReport) {
     let d = r.downtime;
     let c = |out: &mut String| out.push(',');
     push_int(out, run_id);
-    c(out);
-    push_field(out, &r.backend);
-    c(out);
-    push_field(out, &r.scenario);
-    c(out);
-    push_field(out, &r.policy);
-    c(out);
-    push_field(out, &r.workload);
+    for s in [&r.backend, &r.scenario, &r.policy, &r.workload] {
+        c(out);
+        push_field(out, s);
+    }
     c(out);
     push_int(out, r.seed);
     c(out);
