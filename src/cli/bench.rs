@@ -257,10 +257,9 @@ fn sweep_scaling() -> Result<bool> {
     Ok(true)
 }
 
-/// Every scenario of `grid` with its simulation time in µs (best of 3) and a description,
-/// slowest first.
 /// Scenarios per second over `reps` runs of the grid (median and best), each run writing the
-/// CSV rows; with `cold`, every scenario computes its set-up.
+/// CSV rows; with `cold`, every scenario computes its set-up; with `rounds`, each run's
+/// `rounds.csv` rows are written too.
 fn grid_rates(grid: &[sim::Checked], reps: usize, cold: bool, rounds: bool) -> (f64, f64) {
     let mut rates = Vec::new();
     let mut sink = Vec::new();
@@ -289,7 +288,8 @@ fn grid_rates(grid: &[sim::Checked], reps: usize, cold: bool, rounds: bool) -> (
     (median(rates), max)
 }
 
-/// Each scenario's best of 3 runs, each computing its set-up.
+/// Every scenario of `grid` with its simulation time in µs (best of 3 runs, each computing its
+/// set-up) and a description, slowest first.
 fn scenario_times(grid: &[sim::Checked]) -> Vec<(f64, String, String)> {
     let mut timed: Vec<(f64, String, String)> = grid
         .iter()
