@@ -2601,7 +2601,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                     let k = policy.skip_ticks(&obs, &fc);
                     if k > 0 {
                         next_tick = Some(nt + k as f64 * p);
-                        log.irregular = true;
+                        log.skipped = true;
                     }
                 }
             }

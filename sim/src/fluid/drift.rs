@@ -14,9 +14,12 @@
 //! consultations one by one (on a copy, so it can be stopped before the first answer that
 //! differs; a policy whose answers between syncs cannot change is shown only the syncs, see
 //! [`Policy::drift_syncs`]), and the engine jumps to the last iteration start before that.
+//! Iterations whose checks were partly skipped cannot be replayed; when everything but clocks
+//! and positions stands still along such a drift, each iteration looks to the policy like the
+//! last one, and it is asked about them as about a fixed point ([`Policy::repeat_cycles`]).
 
 use super::*;
-use crate::policy::{DriftSync, Policy};
+use crate::policy::{Cycle, DriftSync, Policy};
 use workloads::round_u64;
 
 /// How a number of the state may move from one iteration start to the next.
@@ -26,8 +29,11 @@ pub(super) enum Num {
     Pos,
     /// A count that stays positive while it is (it must not reach zero within a jump).
     Plus,
-    /// Moves freely (times, totals).
+    /// Moves freely (figures of an iteration).
     Free,
+    /// A clock or a running total: moves freely, and is all that moves (positions apart)
+    /// between iterations that look the same to the policy.
+    Clock,
     /// Must not move at all (densities, the throttle).
     Fixed,
 }
@@ -67,7 +73,7 @@ impl RoundSrc {
     }
 
     fn nums(&mut self, v: &mut dyn FnMut(&mut f64, Num)) {
-        v(&mut self.round, Num::Free);
+        v(&mut self.round, Num::Clock);
         v(&mut self.dur, Num::Free);
         v(&mut self.pages, Num::Free);
         v(&mut self.bytes, Num::Free);
@@ -121,7 +127,7 @@ impl RecSrc {
 
     fn nums(&mut self, v: &mut dyn FnMut(&mut f64, Num)) {
         self.closed.nums(v);
-        v(&mut self.start, Num::Free);
+        v(&mut self.start, Num::Clock);
         v(&mut self.bw, Num::Free);
         v(&mut self.est_bw, Num::Free);
         v(&mut self.union_bytes, Num::Free);
@@ -202,13 +208,13 @@ impl ObsSrc {
     }
 
     fn nums(&mut self, v: &mut dyn FnMut(&mut f64, Num)) {
-        v(&mut self.t, Num::Free);
-        v(&mut self.round, Num::Free);
+        v(&mut self.t, Num::Clock);
+        v(&mut self.round, Num::Clock);
         v(&mut self.round_pages, Num::Free);
         v(&mut self.round_bytes, Num::Free);
-        v(&mut self.total_pages, Num::Free);
-        v(&mut self.total_bytes, Num::Free);
-        v(&mut self.round_start, Num::Free);
+        v(&mut self.total_pages, Num::Clock);
+        v(&mut self.total_bytes, Num::Clock);
+        v(&mut self.round_start, Num::Clock);
         v(&mut self.remaining, Num::Plus);
         v(&mut self.dirty, Num::Free);
         v(&mut self.throttle, Num::Fixed);
@@ -235,9 +241,11 @@ pub(super) struct Consult {
 pub(super) struct IterLog {
     pub consults: Vec<Consult>,
     pub recs: Vec<RecSrc>,
-    /// Ticks were skipped or a fixed point jumped (the policy was not shown every
-    /// consultation, so the log cannot be replayed).
+    /// A fixed point was jumped (the iteration is no step of a drift).
     pub irregular: bool,
+    /// Ticks were skipped: the policy was not shown every consultation, so the log cannot be
+    /// replayed, and only iterations that look the same to the policy may be jumped over.
+    pub skipped: bool,
     /// The iteration is being logged (only once the last ones moved by even steps).
     pub recording: bool,
 }
@@ -248,6 +256,7 @@ impl IterLog {
         self.consults.clear();
         self.recs.clear();
         self.irregular = false;
+        self.skipped = false;
         self.recording = recording;
     }
 
@@ -318,29 +327,29 @@ fn state_nums(f: &mut Fluid, lv: &mut LoopVars, v: &mut dyn FnMut(&mut f64, Num)
     v(&mut f.send_pages, Num::Plus);
     v(&mut f.send_bytes, Num::Plus);
     v(&mut f.throttle, Num::Fixed);
-    v(&mut f.guest_ns, Num::Free);
-    v(&mut f.guest_writes, Num::Free);
+    v(&mut f.guest_ns, Num::Clock);
+    v(&mut f.guest_writes, Num::Clock);
     for g in &mut f.phase_guest {
         v(g, Num::Fixed);
     }
     for h in &mut f.harvest_at {
-        v(&mut h.1, Num::Free);
+        v(&mut h.1, Num::Clock);
     }
     let mut partial = f.partial_scans as f64;
     v(&mut partial, Num::Free);
     f.partial_scans = partial.round() as u64;
-    v(lv.t, Num::Free);
-    v(lv.ready, Num::Free);
+    v(lv.t, Num::Clock);
+    v(lv.ready, Num::Clock);
     if let Some(nt) = lv.next_tick {
-        v(nt, Num::Free);
+        v(nt, Num::Clock);
     }
     let mut round = *lv.round as f64;
-    v(&mut round, Num::Free);
+    v(&mut round, Num::Clock);
     *lv.round = round.round() as u32;
-    v(lv.round_start, Num::Free);
-    v(lv.total_pages, Num::Free);
-    v(lv.total_bytes, Num::Free);
-    v(lv.round_writes_start, Num::Free);
+    v(lv.round_start, Num::Clock);
+    v(lv.total_pages, Num::Clock);
+    v(lv.total_bytes, Num::Clock);
+    v(lv.round_writes_start, Num::Clock);
     v(lv.last_bw, Num::Fixed);
 }
 
@@ -563,9 +572,13 @@ impl Drift {
             return None;
         }
         let (l1, l2) = (&s1.log, &s2.log);
-        let (policy, done) = match Self::answer_syncs(policy, l1, l2, ctx, limit) {
-            Some(answered) => answered,
-            None => Self::replay(policy, l1, l2, ctx, limit),
+        let (policy, done) = if s1.log.skipped || s2.log.skipped {
+            Self::repeat(policy, s1, s2, ctx, period, limit)?
+        } else {
+            match Self::answer_syncs(policy, l1, l2, ctx, limit) {
+                Some(answered) => answered,
+                None => Self::replay(policy, l1, l2, ctx, limit),
+            }
         };
         if done < 2 {
             return None;
@@ -577,6 +590,45 @@ impl Drift {
             policy,
             last_round,
         })
+    }
+
+    /// Iterations whose ticks were partly skipped: the policy can be asked about the ones
+    /// ahead only if they all look to it as the last one did, apart from its clocks — every
+    /// figure but clocks and positions stands still — and then as at a fixed point
+    /// ([`Policy::repeat_cycles`]); what it sees between the logged consultations is made of
+    /// the same figures (sending and dirtying do not depend on where the sweep stands).
+    /// The copy, and how many iterations it answered as the last one.
+    fn repeat(
+        policy: &dyn Policy,
+        s1: &Snap,
+        s2: &Snap,
+        ctx: &ObsCtx,
+        period: f64,
+        limit: i64,
+    ) -> Option<(Box<dyn Policy>, i64)> {
+        let still = |a: &[f64], b: &[f64], kinds: &[Num]| {
+            (a.iter().zip(b).zip(kinds))
+                .all(|((&x, &y), &k)| matches!(k, Num::Pos | Num::Clock) || same_step(x, x, y))
+        };
+        if !still(&s1.nums, &s2.nums, &s2.kinds)
+            || !still(&s1.log_nums, &s2.log_nums, &s2.log_kinds)
+        {
+            return None;
+        }
+        let (c1, c2) = (s1.log.consults.last()?, s2.log.consults.last()?);
+        if c2.trigger != Trigger::AfterSync || c2.decision != Decision::Continue {
+            return None;
+        }
+        let cycle = Cycle {
+            period_ns: period.round() as u64,
+            bytes: (c2.src.total_bytes - c1.src.total_bytes).round() as u64,
+            pages: (c2.src.total_pages - c1.src.total_pages).round() as u64,
+            syncs: s2.log.recs.len() as u32,
+            max_repeats: limit as u64,
+        };
+        let mut trial = policy.fork();
+        let n = trial.repeat_cycles(&c2.src.observation(Trigger::AfterSync, ctx), &cycle);
+        Some((trial, n.min(limit as u64) as i64))
     }
 
     /// A copy of the policy answers only the syncs ahead, when it can ([`Policy::drift_syncs`]):
