@@ -354,15 +354,14 @@ fn state_nums(f: &mut Fluid, lv: &mut LoopVars, v: &mut dyn FnMut(&mut f64, Num)
 }
 
 /// Where each located scan's head stands (positions the harvest compares with the others).
-fn heads(f: &Fluid) -> Vec<f64> {
-    f.segs
-        .iter()
+fn heads<'f>(f: &'f Fluid<'_>) -> impl Iterator<Item = f64> + 'f {
+    (f.segs.iter())
         .filter(|s| s.located)
         .map(|s| s.first + (s.rate / 1e9 * f.harvest_at[s.phase].1).rem_euclid(s.pages.max(1.0)))
-        .collect()
 }
 
 /// An iteration start, with the log of the iteration that led to it.
+#[derive(Default)]
 struct Snap {
     /// The loop's time.
     t: f64,
@@ -377,42 +376,41 @@ struct Snap {
 }
 
 impl Snap {
-    fn take(f: &mut Fluid, lv: &mut LoopVars, log: &IterLog) -> Snap {
-        let (mut nums, mut kinds) = (Vec::new(), Vec::new());
+    /// The iteration start now, in the buffers of `self`.
+    fn fill(&mut self, f: &mut Fluid, lv: &mut LoopVars, log: &IterLog) {
+        let (nums, kinds) = (&mut self.nums, &mut self.kinds);
+        nums.clear();
+        kinds.clear();
         state_nums(f, lv, &mut |x, k| {
             nums.push(*x);
             kinds.push(k);
         });
         let sw = &f.sweep;
-        let mut shape = vec![
+        self.shape.clear();
+        self.shape.extend([
             sw.lay.pieces.len() as u64,
             sw.at as u64,
             sw.near_cap,
             lv.next_tick.is_some() as u64,
-        ];
-        shape.extend(
+        ]);
+        (self.shape).extend(
             sw.lay
                 .pieces
                 .iter()
                 .map(|p| (p.elem as u64) << 32 | p.off as u64),
         );
-        shape.extend(f.harvest_at.iter().map(|h| h.0 as u64));
-        let mut log = log.clone();
-        let (mut log_nums, mut log_kinds) = (Vec::new(), Vec::new());
-        log.nums(&mut |x, k| {
+        (self.shape).extend(f.harvest_at.iter().map(|h| h.0 as u64));
+        self.log.clone_from(log);
+        let (log_nums, log_kinds) = (&mut self.log_nums, &mut self.log_kinds);
+        log_nums.clear();
+        log_kinds.clear();
+        self.log.nums(&mut |x, k| {
             log_nums.push(*x);
             log_kinds.push(k);
         });
-        Snap {
-            t: *lv.t,
-            nums,
-            kinds,
-            heads: heads(f),
-            shape,
-            log,
-            log_nums,
-            log_kinds,
-        }
+        self.t = *lv.t;
+        self.heads.clear();
+        self.heads.extend(heads(f));
     }
 }
 
@@ -428,6 +426,8 @@ fn same_step(a: f64, b: f64, c: f64) -> bool {
 #[derive(Default)]
 pub(super) struct Drift {
     snaps: Vec<Snap>,
+    /// Snapshots let go, whose buffers the next ones fill.
+    spare: Vec<Snap>,
     /// The cheap test's figures at the last three iteration starts (oldest first), and how
     /// many of them are filled in.
     quick: [[f64; 4]; 3],
@@ -452,7 +452,7 @@ pub(super) struct Jump {
 
 impl Drift {
     pub fn clear(&mut self) {
-        self.snaps.clear();
+        self.spare.append(&mut self.snaps);
         self.quick_n = 0;
         self.quick_ok = false;
     }
@@ -489,12 +489,15 @@ impl Drift {
             && *lv.round >= self.resume_at
             && (0..4).all(|j| same_step(self.quick[0][j], self.quick[1][j], self.quick[2][j]));
         if !self.quick_ok || !log.recording {
-            self.snaps.clear();
+            self.spare.append(&mut self.snaps);
             return None;
         }
-        self.snaps.push(Snap::take(f, lv, log));
+        let mut snap = self.spare.pop().unwrap_or_default();
+        snap.fill(f, lv, log);
+        self.snaps.push(snap);
         if self.snaps.len() > 3 {
-            self.snaps.remove(0);
+            let old = self.snaps.remove(0);
+            self.spare.push(old);
         }
         if self.snaps.len() < 3 {
             return None;
@@ -506,7 +509,7 @@ impl Drift {
         } else {
             self.backoff = (self.backoff * 2).clamp(4, 256);
             self.resume_at = *lv.round + self.backoff;
-            self.snaps.clear();
+            self.spare.append(&mut self.snaps);
             self.quick_ok = false;
         }
         jump
