@@ -95,16 +95,44 @@ pub(super) struct RecSrc {
 }
 
 impl RecSrc {
-    fn ahead(&self, prev: &RecSrc, i: f64) -> RecSrc {
-        let go = |b: f64, a: f64| b + i * (b - a);
+    /// The step from `prev` to `self`, figure by figure (the throttle is `self`'s).
+    fn step_from(&self, prev: &RecSrc) -> RecSrc {
+        let (c, p) = (&self.closed, &prev.closed);
         RecSrc {
-            closed: self.closed.ahead(&prev.closed, i),
-            start: go(self.start, prev.start),
-            bw: go(self.bw, prev.bw),
-            est_bw: go(self.est_bw, prev.est_bw),
-            union_bytes: go(self.union_bytes, prev.union_bytes),
+            closed: RoundSrc {
+                round: c.round - p.round,
+                dur: c.dur - p.dur,
+                pages: c.pages - p.pages,
+                bytes: c.bytes - p.bytes,
+                dirtied: c.dirtied - p.dirtied,
+            },
+            start: self.start - prev.start,
+            bw: self.bw - prev.bw,
+            est_bw: self.est_bw - prev.est_bw,
+            union_bytes: self.union_bytes - prev.union_bytes,
             throttle: self.throttle,
-            guest_writes: go(self.guest_writes, prev.guest_writes),
+            guest_writes: self.guest_writes - prev.guest_writes,
+        }
+    }
+
+    /// `self` carried `i` more steps of `d` ([`RecSrc::step_from`]): as [`RoundSrc::ahead`]
+    /// carries a round, to the bit.
+    fn along(&self, d: &RecSrc, i: f64) -> RecSrc {
+        let (c, dc) = (&self.closed, &d.closed);
+        RecSrc {
+            closed: RoundSrc {
+                round: c.round + i * dc.round,
+                dur: c.dur + i * dc.dur,
+                pages: c.pages + i * dc.pages,
+                bytes: c.bytes + i * dc.bytes,
+                dirtied: c.dirtied + i * dc.dirtied,
+            },
+            start: self.start + i * d.start,
+            bw: self.bw + i * d.bw,
+            est_bw: self.est_bw + i * d.est_bw,
+            union_bytes: self.union_bytes + i * d.union_bytes,
+            throttle: self.throttle,
+            guest_writes: self.guest_writes + i * d.guest_writes,
         }
     }
 
@@ -765,9 +793,13 @@ impl Drift {
     pub fn records(&self, n: u64, out: &mut Vec<RoundRecord>) {
         let (l1, l2) = (&self.snaps[1].log, &self.snaps[2].log);
         out.reserve(n as usize * l2.recs.len());
+        // (The steps once, rather than per record.)
+        let lines: Vec<(RecSrc, RecSrc)> = (l2.recs.iter().zip(&l1.recs))
+            .map(|(r, p)| (*r, r.step_from(p)))
+            .collect();
         for i in 1..=n {
-            let new = (l2.recs.iter().zip(&l1.recs)).map(|(r, p)| r.ahead(p, i as f64).record(0));
-            out.extend(new);
+            let i = i as f64;
+            out.extend(lines.iter().map(|(r, d)| r.along(d, i).record(0)));
         }
     }
 
