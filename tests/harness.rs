@@ -163,13 +163,23 @@ fn interrupted_sweep_resumes_to_the_same_bytes() {
     .unwrap();
     let o = sweep(d.path(), "cut", &["-j", "2"]);
     ok(&o);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("10 already done"),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("10 already done"), "{said}");
     assert_eq!(read(d.path().join("cut/runs.csv")), full_runs);
     assert_eq!(read(d.path().join("cut/rounds.csv")), full_rounds);
+    // The summary counts the invalid rows of both sittings, and the manifest says the
+    // directory is complete.
+    let invalid = full_runs
+        .lines()
+        .filter(|l| l.contains(",invalid,"))
+        .count();
+    assert!(invalid > 0);
+    assert!(
+        said.contains(&format!("; {invalid} rows invalid or failed")),
+        "{invalid} invalid rows: {said}"
+    );
+    let m = read(d.path().join("cut/manifest.json"));
+    assert!(m.contains("\"complete\": true"), "{m}");
     // A second rerun has nothing to do.
     let o = sweep(d.path(), "cut", &[]);
     ok(&o);

@@ -586,10 +586,12 @@ pub fn simulate_run(plan: &Plan, r: &RunRef) -> Result<RunResult, String> {
     })
 }
 
-/// The finished lines of one run for runs.csv and rounds.csv.
+/// The finished lines of one run for runs.csv and rounds.csv, and whether its status is
+/// `invalid` or `error`.
 struct RunLines {
     runs: String,
     rounds: String,
+    bad: bool,
 }
 
 fn render_run(plan: &Plan, r: &RunRef) -> RunLines {
@@ -643,7 +645,11 @@ fn render_run(plan: &Plan, r: &RunRef) -> RunLines {
             metrics::push_round_line(&mut rounds, r.run_id, rr);
         }
     }
-    RunLines { runs, rounds }
+    RunLines {
+        runs,
+        rounds,
+        bad: res.is_err(),
+    }
 }
 
 /// Parse `I/N` (1-based).
@@ -728,7 +734,13 @@ impl Drop for DirLock {
 }
 
 /// Set up the output directory; returns the run ids already finished there.
-fn prepare_dir(dir: &Path, plan: &Plan, header: &[String], fresh: bool) -> Result<HashSet<usize>> {
+/// Runs already in `dir`'s files (a resume), and how many of them are `invalid` or `error`.
+fn prepare_dir(
+    dir: &Path,
+    plan: &Plan,
+    header: &[String],
+    fresh: bool,
+) -> Result<(HashSet<usize>, usize)> {
     let runs_p = dir.join("runs.csv");
     let rounds_p = dir.join("rounds.csv");
     let man_p = dir.join("manifest.json");
@@ -751,7 +763,7 @@ fn prepare_dir(dir: &Path, plan: &Plan, header: &[String], fresh: bool) -> Resul
             b.extend_from_slice(h.as_bytes());
             Ok(())
         })?;
-        return Ok(HashSet::new());
+        return Ok((HashSet::new(), 0));
     }
     // Resume: the plan must be the one that produced these rows.
     let prev = manifest::read_plan_id(&man_p).with_context(|| {
@@ -778,6 +790,10 @@ fn prepare_dir(dir: &Path, plan: &Plan, header: &[String], fresh: bool) -> Resul
         );
     }
     let mut done = HashSet::new();
+    let status_col = table.need("status")?;
+    let bad = (table.rows.iter())
+        .filter(|r| matches!(r[status_col].as_str(), "invalid" | "error"))
+        .count();
     for row in &table.rows {
         let id: usize = row[0]
             .parse()
@@ -818,7 +834,7 @@ fn prepare_dir(dir: &Path, plan: &Plan, header: &[String], fresh: bool) -> Resul
             Ok(())
         })?;
     }
-    Ok(done)
+    Ok((done, bad))
 }
 
 /// Finished output held before it is appended even if 0.5 s have not passed (a fluid sweep
@@ -936,7 +952,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
     });
     let header = plan.runs_header();
     let _lock = DirLock::take(&dir)?;
-    let done = prepare_dir(&dir, &plan, &header, a.fresh)?;
+    let (done, bad_before) = prepare_dir(&dir, &plan, &header, a.fresh)?;
     let todo: Vec<&RunRef> = plan
         .runs
         .iter()
@@ -962,7 +978,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
         .context("failed to start worker threads")?;
     let pb = progress_bar(todo.len() as u64, a.quiet);
     let t0 = std::time::Instant::now();
-    write_in_order(&pool, threads, &plan, &todo, &dir, &pb)?;
+    let bad_now = write_in_order(&pool, threads, &plan, &todo, &dir, &pb)?;
     pb.finish_and_clear();
     let wall = t0.elapsed();
     // Rows are appended in plan order, so the files are sorted unless a resume found finished
@@ -973,14 +989,9 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
     {
         ensure_sorted(&dir)?;
     }
-    let finished = Table::read(&dir.join("runs.csv"))?;
-    let status_col = finished.need("status")?;
-    let bad = finished
-        .rows
-        .iter()
-        .filter(|r| matches!(r[status_col].as_str(), "invalid" | "error"))
-        .count();
-    let complete = finished.rows.len() == selected;
+    // runs.csv now holds the rows it held before and one per run just done.
+    let bad = bad_before + bad_now;
+    let complete = done.len() + todo.len() == selected;
     man.write(&dir, started, Some(wall), complete)?;
     println!(
         "sweep {}: ran {} runs in {:.2} s with {} threads ({:.1} runs/s); {} already done; {} rows invalid or failed; results in {}",
@@ -1002,12 +1013,22 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Simulate `todo` on `threads` workers of `pool` and append the results in plan order.
+/// Wall time a worker aims to spend on the runs it takes at once: fast runs (fluid mode, tens
+/// of microseconds each) go in blocks, so that handing results over costs little per run;
+/// slow ones (exact mode) go one at a time.
+const BLOCK_TARGET: std::time::Duration = std::time::Duration::from_millis(2);
+/// Most runs a worker takes at once.
+const MAX_BLOCK: usize = 64;
+
+/// Simulate `todo` on `threads` workers of `pool` and append the results in plan order;
+/// returns how many of the runs are `invalid` or `error`.
 ///
-/// Workers take runs in order from a shared counter (so a slow run never holds up a whole batch,
-/// and the runs in flight are always near the front of the plan); the calling thread keeps a
+/// Workers take runs in order from a shared counter, in blocks sized to take about
+/// [`BLOCK_TARGET`] by the time their last runs took (so a slow run never holds up others, and
+/// the runs in flight are always near the front of the plan); the calling thread keeps a
 /// reorder buffer and appends every contiguous finished prefix every 0.5 s, or sooner once it
-/// holds [`FLUSH_BYTES`], `rounds.csv` first. Output bytes do not depend on the thread count.
+/// holds [`FLUSH_BYTES`], `rounds.csv` first. Output bytes do not depend on the thread count
+/// or on how the runs were blocked.
 fn write_in_order(
     pool: &rayon::ThreadPool,
     threads: usize,
@@ -1015,42 +1036,60 @@ fn write_in_order(
     todo: &[&RunRef],
     dir: &Path,
     pb: &indicatif::ProgressBar,
-) -> Result<()> {
+) -> Result<usize> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, RunLines)>();
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Vec<RunLines>)>();
     let runs_p = dir.join("runs.csv");
     let rounds_p = dir.join("rounds.csv");
-    pool.in_place_scope(|scope| -> Result<()> {
+    pool.in_place_scope(|scope| -> Result<usize> {
         for _ in 0..threads {
             let tx = tx.clone();
             let (next, stop) = (&next, &stop);
-            scope.spawn(move |_| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= todo.len() || stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let lines = render_run(plan, todo[i]);
-                if tx.send((i, lines)).is_err() {
-                    break;
+            scope.spawn(move |_| {
+                let mut block = 1usize;
+                loop {
+                    let i = next.fetch_add(block, Ordering::Relaxed);
+                    if i >= todo.len() || stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let end = (i + block).min(todo.len());
+                    let t0 = std::time::Instant::now();
+                    let lines: Vec<RunLines> =
+                        todo[i..end].iter().map(|r| render_run(plan, r)).collect();
+                    // (Growing at most twofold, so that a streak of instant runs, such as
+                    // invalid points, does not hand one worker a long block of slow ones.)
+                    let per_run = t0.elapsed() / (end - i) as u32;
+                    let fits = BLOCK_TARGET.as_nanos() / per_run.as_nanos().max(1);
+                    block = (fits.min(2 * block as u128) as usize).clamp(1, MAX_BLOCK);
+                    if tx.send((i, lines)).is_err() {
+                        break;
+                    }
                 }
             });
         }
         drop(tx);
-        let mut pending: BTreeMap<usize, RunLines> = BTreeMap::new();
-        let mut written = 0usize;
+        // Finished blocks by their first run's index.
+        let mut pending: BTreeMap<usize, Vec<RunLines>> = BTreeMap::new();
+        let (mut written, mut bad) = (0usize, 0usize);
         let mut last = std::time::Instant::now();
         let mut held = 0usize; // bytes in `pending`
-        let flush = |pending: &mut BTreeMap<usize, RunLines>,
-                     written: &mut usize,
-                     held: &mut usize|
+        let size = |b: &[RunLines]| {
+            b.iter()
+                .map(|l| l.runs.len() + l.rounds.len())
+                .sum::<usize>()
+        };
+        let mut flush = |pending: &mut BTreeMap<usize, Vec<RunLines>>,
+                         written: &mut usize,
+                         held: &mut usize|
          -> Result<()> {
             let mut done = Vec::new();
-            while let Some(l) = pending.remove(written) {
-                *held -= l.runs.len() + l.rounds.len();
-                done.push(l);
-                *written += 1;
+            while let Some(b) = pending.remove(written) {
+                *held -= size(&b);
+                *written += b.len();
+                bad += b.iter().filter(|l| l.bad).count();
+                done.extend(b);
             }
             if !done.is_empty() {
                 // Rounds first: a crash between the two appends leaves rounds without a run
@@ -1062,9 +1101,9 @@ fn write_in_order(
         };
         let res = (|| -> Result<()> {
             for (i, lines) in rx.iter() {
-                held += lines.runs.len() + lines.rounds.len();
+                held += size(&lines);
+                pb.inc(lines.len() as u64);
                 pending.insert(i, lines);
-                pb.inc(1);
                 if pending.contains_key(&written)
                     && (held >= FLUSH_BYTES || last.elapsed().as_millis() >= 500)
                 {
@@ -1077,7 +1116,7 @@ fn write_in_order(
         if res.is_err() {
             stop.store(true, Ordering::Relaxed);
         }
-        res
+        res.map(|()| bad)
     })
 }
 
