@@ -52,7 +52,7 @@ enum Curve {
     Linear,
     /// Writes spread unevenly: parts of the segment holding shares `f` of its pages and `g`
     /// of its writes, each uniform within itself (a Zipf rank bucket, whose ranks are written
-    /// at rates up to the bucket's ratio apart): Σ f·W(1 − e^(−g·n/(f·W))).
+    /// at rates up to its ratio to the power of the exponent apart): Σ f·W(1 − e^(−g·n/(f·W))).
     Mix([(f64, f64); MIX_PARTS]),
 }
 

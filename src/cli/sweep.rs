@@ -733,8 +733,8 @@ impl Drop for DirLock {
     }
 }
 
-/// Set up the output directory; returns the run ids already finished there.
-/// Runs already in `dir`'s files (a resume), and how many of them are `invalid` or `error`.
+/// Set up the output directory; returns the run ids already finished there (a resume) and how
+/// many of their rows are `invalid` or `error`.
 fn prepare_dir(
     dir: &Path,
     plan: &Plan,
