@@ -107,12 +107,6 @@ impl Seg {
         if n <= 0.0 {
             return 0.0;
         }
-        let spread = |parts: &[(f64, f64)]| -> f64 {
-            (parts.iter())
-                .filter(|&&(f, g)| f > 0.0 && g > 0.0)
-                .map(|&(f, g)| uniform_distinct(g * n, f * self.pages))
-                .sum()
-        };
         match self.curve {
             Curve::Sequential => n.min(self.pages),
             Curve::Linear => n,
@@ -125,7 +119,10 @@ impl Seg {
                     return b.1;
                 }
                 let d = match &self.curve {
-                    Curve::Mix(parts) => spread(parts),
+                    Curve::Mix(parts) => (parts.iter())
+                        .filter(|&&(f, g)| f > 0.0 && g > 0.0)
+                        .map(|&(f, g)| uniform_distinct(g * n, f * self.pages))
+                        .sum(),
                     _ => uniform_distinct(n, self.pages),
                 };
                 self.memo_distinct.set([(n, d), a]);
@@ -241,23 +238,21 @@ fn zipf_buckets(pages: u64, s: f64) -> Vec<(f64, f64, Curve)> {
         bounds.push((lo, hi.min(pages)));
         lo = hi.min(pages) + 1;
     }
-    let weight = |lo: u64, hi: u64| -> f64 {
-        // Exact sums for the first ranks; beyond, the midpoint integral (its error per rank
-        // is ~s(s+1)/24 · r^(−s−2), below 1e-6 of the rank's own weight from rank 64 on).
-        if lo < 64 {
-            (lo..=hi).map(|r| (r as f64).powf(-s)).sum()
-        } else if (s - 1.0).abs() < 1e-12 {
-            ((hi as f64 + 0.5) / (lo as f64 - 0.5)).ln()
-        } else {
-            ((hi as f64 + 0.5).powf(1.0 - s) - (lo as f64 - 0.5).powf(1.0 - s)) / (1.0 - s)
-        }
-    };
     // ∫ r^(−s) dr over [a, b] (rank as a continuous variable).
     let integral = |a: f64, b: f64| -> f64 {
         if (s - 1.0).abs() < 1e-12 {
             (b / a).ln()
         } else {
             (b.powf(1.0 - s) - a.powf(1.0 - s)) / (1.0 - s)
+        }
+    };
+    // Exact sums for the first ranks; beyond, the midpoint integral (its error per rank is
+    // ~s(s+1)/24 · r^(−s−2), below 1e-6 of the rank's own weight from rank 64 on).
+    let weight = |lo: u64, hi: u64| -> f64 {
+        if lo < 64 {
+            (lo..=hi).map(|r| (r as f64).powf(-s)).sum()
+        } else {
+            integral(lo as f64 - 0.5, hi as f64 + 0.5)
         }
     };
     let ws: Vec<f64> = bounds.iter().map(|&(l, h)| weight(l, h)).collect();
@@ -274,21 +269,20 @@ fn zipf_buckets(pages: u64, s: f64) -> Vec<(f64, f64, Curve)> {
                 let (a, b) = (l as f64 - 0.5, h as f64 + 0.5);
                 let at = |j: usize| a * (b / a).powf(j as f64 / MIX_PARTS as f64);
                 let mut parts = [(0.0, 0.0); MIX_PARTS];
+                // (`w`, the bucket's weight, is what its parts share.)
                 if l < 64 {
-                    let whole = weight(l, h);
                     let end = |j: usize| (at(j).round() as u64).clamp(l, h + 1);
                     for (j, p) in parts.iter_mut().enumerate() {
                         let (x, y) = (end(j), end(j + 1));
                         if y > x {
-                            let w: f64 = (x..y).map(|r| (r as f64).powf(-s)).sum();
-                            *p = ((y - x) as f64 / (h - l + 1) as f64, w / whole);
+                            let part: f64 = (x..y).map(|r| (r as f64).powf(-s)).sum();
+                            *p = ((y - x) as f64 / (h - l + 1) as f64, part / w);
                         }
                     }
                 } else {
-                    let whole = integral(a, b);
                     for (j, p) in parts.iter_mut().enumerate() {
                         let (x, y) = (at(j), at(j + 1));
-                        *p = ((y - x) / (b - a), integral(x, y) / whole);
+                        *p = ((y - x) / (b - a), integral(x, y) / w);
                     }
                 }
                 Curve::Mix(parts)
@@ -2237,8 +2231,8 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
     };
     // The last run's segment list and layout lend their buffers.
     (f.segs, f.sweep) = SPARE.with(|s| s.take()).unwrap_or_default();
-    let zero_sent;
-    (f.send_bytes, zero_sent) = Setup::get_into(key, &mut f.segs, &mut f.sweep);
+    let (send_bytes, mut zero_sent) = Setup::get_into(key, &mut f.segs, &mut f.sweep);
+    f.send_bytes = send_bytes;
     // The sender's loops walk the pieces until they have covered memory: a layout of another
     // size would never let them end.
     let laid = f.sweep.lay.pieces.last().map_or(0.0, |p| p.hi);
@@ -2255,7 +2249,6 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
             f.dirt_memo = Some(Default::default());
         }
     }
-    let mut zero_sent = zero_sent;
 
     let setup = 2 * f.one_way;
     let max_time = (sc.limits.max_time_s * 1e9).round();

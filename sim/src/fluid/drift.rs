@@ -52,13 +52,28 @@ pub(super) struct RoundSrc {
 impl RoundSrc {
     /// `self` carried `i` more steps of `self − prev`.
     fn ahead(&self, prev: &RoundSrc, i: f64) -> RoundSrc {
-        let go = |b: f64, a: f64| b + i * (b - a);
+        self.along(&self.step_from(prev), i)
+    }
+
+    /// The step from `prev` to `self`, figure by figure.
+    fn step_from(&self, prev: &RoundSrc) -> RoundSrc {
         RoundSrc {
-            round: go(self.round, prev.round),
-            dur: go(self.dur, prev.dur),
-            pages: go(self.pages, prev.pages),
-            bytes: go(self.bytes, prev.bytes),
-            dirtied: go(self.dirtied, prev.dirtied),
+            round: self.round - prev.round,
+            dur: self.dur - prev.dur,
+            pages: self.pages - prev.pages,
+            bytes: self.bytes - prev.bytes,
+            dirtied: self.dirtied - prev.dirtied,
+        }
+    }
+
+    /// `self` carried `i` more steps of `d` ([`RoundSrc::step_from`]).
+    fn along(&self, d: &RoundSrc, i: f64) -> RoundSrc {
+        RoundSrc {
+            round: self.round + i * d.round,
+            dur: self.dur + i * d.dur,
+            pages: self.pages + i * d.pages,
+            bytes: self.bytes + i * d.bytes,
+            dirtied: self.dirtied + i * d.dirtied,
         }
     }
 
@@ -97,15 +112,8 @@ pub(super) struct RecSrc {
 impl RecSrc {
     /// The step from `prev` to `self`, figure by figure (the throttle is `self`'s).
     fn step_from(&self, prev: &RecSrc) -> RecSrc {
-        let (c, p) = (&self.closed, &prev.closed);
         RecSrc {
-            closed: RoundSrc {
-                round: c.round - p.round,
-                dur: c.dur - p.dur,
-                pages: c.pages - p.pages,
-                bytes: c.bytes - p.bytes,
-                dirtied: c.dirtied - p.dirtied,
-            },
+            closed: self.closed.step_from(&prev.closed),
             start: self.start - prev.start,
             bw: self.bw - prev.bw,
             est_bw: self.est_bw - prev.est_bw,
@@ -115,18 +123,11 @@ impl RecSrc {
         }
     }
 
-    /// `self` carried `i` more steps of `d` ([`RecSrc::step_from`]): as [`RoundSrc::ahead`]
-    /// carries a round, to the bit.
+    /// `self` carried `i` more steps of `d` ([`RecSrc::step_from`]), as [`RoundSrc::along`]
+    /// carries a round.
     fn along(&self, d: &RecSrc, i: f64) -> RecSrc {
-        let (c, dc) = (&self.closed, &d.closed);
         RecSrc {
-            closed: RoundSrc {
-                round: c.round + i * dc.round,
-                dur: c.dur + i * dc.dur,
-                pages: c.pages + i * dc.pages,
-                bytes: c.bytes + i * dc.bytes,
-                dirtied: c.dirtied + i * dc.dirtied,
-            },
+            closed: self.closed.along(&d.closed, i),
             start: self.start + i * d.start,
             bw: self.bw + i * d.bw,
             est_bw: self.est_bw + i * d.est_bw,
