@@ -1,6 +1,8 @@
 //! Criterion benchmark of fluid mode on the standard grid (`sim::grids::standard_fluid_grid`:
-//! the 12 standard scenarios × every policy fluid mode models), one thread, each run's CSV row
-//! rendered as `migsim sweep` would. Throughput is reported in scenarios per second.
+//! the 12 standard scenarios × every policy fluid mode models), one thread, each run's runs.csv
+//! row rendered as `migsim sweep --no-rounds` would (no round records built); a second case also
+//! builds and renders every run's rounds.csv rows. Throughput is reported in scenarios per
+//! second.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
@@ -16,10 +18,24 @@ fn fluid_standard_grid(c: &mut Criterion) {
         b.iter(|| {
             let mut bytes = 0usize;
             for (i, ck) in grid.iter().enumerate() {
-                let r = sim::simulate(ck, 0);
-                bytes += sim::metrics::run_row(i, &r.report).len();
+                bytes += sim::metrics::run_row(i, &sim::simulate_report(ck, 0)).len();
             }
             black_box(bytes)
+        })
+    });
+    g.bench_function("standard_grid_both_csvs", |b| {
+        let mut lines = String::new();
+        b.iter(|| {
+            let mut bytes = 0usize;
+            lines.clear();
+            for (i, ck) in grid.iter().enumerate() {
+                let r = sim::simulate(ck, 0);
+                bytes += sim::metrics::run_row(i, &r.report).len();
+                for rr in &r.rounds {
+                    sim::metrics::push_round_line(&mut lines, i, rr);
+                }
+            }
+            black_box((bytes, lines.len()))
         })
     });
     g.finish();

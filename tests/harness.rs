@@ -202,6 +202,59 @@ fn resuming_with_a_different_spec_is_refused() {
 }
 
 #[test]
+fn a_sweep_without_rounds_writes_the_same_runs_and_no_rounds_csv() {
+    // Exact and fluid points both: fluid runs do not even build their round records.
+    let d = setup();
+    let spec = SPEC.replace(
+        "policy = \"all\"\n",
+        "policy = \"all\"\nmode = [\"exact\", \"fluid\"]\n",
+    );
+    assert_ne!(spec, SPEC);
+    std::fs::write(d.path().join("spec.toml"), &spec).unwrap();
+    let off = spec.replace("replicates = 2\n", "replicates = 2\nrounds = false\n");
+    assert_ne!(off, spec);
+    std::fs::write(d.path().join("spec-off.toml"), off).unwrap();
+    ok(&sweep(d.path(), "with", &["-j", "2"]));
+    ok(&sweep(d.path(), "flag", &["-j", "2", "--no-rounds"]));
+    ok(&migsim(
+        &["sweep", "spec-off.toml", "--out", "field", "-q", "-j", "1"],
+        d.path(),
+    ));
+    let runs = read(d.path().join("with/runs.csv"));
+    assert!(runs.contains(",fluid,") && runs.contains(",sim,"));
+    let rounds = read(d.path().join("with/rounds.csv"));
+    assert!(rounds.lines().count() > runs.lines().count());
+    assert!(read(d.path().join("with/manifest.json")).contains("\"rounds_csv\": true"));
+    for out in ["flag", "field"] {
+        assert_eq!(read(d.path().join(out).join("runs.csv")), runs, "{out}");
+        assert!(!d.path().join(out).join("rounds.csv").exists(), "{out}");
+        let m = read(d.path().join(out).join("manifest.json"));
+        assert!(m.contains("\"rounds_csv\": false"), "{out}");
+    }
+    // Resuming the other way would leave rounds.csv covering only some runs: refused.
+    for (out, extra) in [("flag", &[][..]), ("with", &["--no-rounds"][..])] {
+        let o = sweep(d.path(), out, extra);
+        assert_eq!(o.status.code(), Some(2), "{out}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("--no-rounds") && err.contains("--fresh"),
+            "{err}"
+        );
+    }
+    // Shards without rounds merge into the same runs.csv, and no rounds.csv; shards of both
+    // kinds do not merge.
+    ok(&sweep(d.path(), "s1", &["--shard", "1/2", "--no-rounds"]));
+    ok(&sweep(d.path(), "s2", &["--shard", "2/2", "--no-rounds"]));
+    ok(&migsim(&["merge", "--out", "merged", "s1", "s2"], d.path()));
+    assert_eq!(read(d.path().join("merged/runs.csv")), runs);
+    assert!(!d.path().join("merged/rounds.csv").exists());
+    ok(&sweep(d.path(), "r2", &["--shard", "2/2"]));
+    let o = migsim(&["merge", "--out", "mixed", "s1", "r2"], d.path());
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("rounds.csv"));
+}
+
+#[test]
 fn shards_merge_into_the_unsharded_result() {
     let d = setup();
     ok(&sweep(d.path(), "whole", &[]));

@@ -2154,12 +2154,69 @@ impl Setup {
 
 /// Simulate one live migration in fluid (or, with `analytic`, geometric) mode.
 pub fn simulate_fluid(ck: &Checked, replicate: u32, analytic: bool) -> RunResult {
-    run(ck, replicate, analytic, true)
+    run(ck, replicate, analytic, true, true)
+}
+
+/// As [`simulate_fluid`], without building the round records (the report still counts them).
+pub fn simulate_fluid_report(ck: &Checked, replicate: u32, analytic: bool) -> RunReport {
+    run(ck, replicate, analytic, true, false).report
+}
+
+/// A run's round records as they close, or only their count when nobody will read them.
+struct Rounds {
+    keep: bool,
+    n: usize,
+    recs: Vec<RoundRecord>,
+}
+
+impl Rounds {
+    fn len(&self) -> usize {
+        self.n
+    }
+
+    fn push(&mut self, rec: &RecSrc, zero_pages_sent: u64) {
+        self.n += 1;
+        if self.keep {
+            self.recs.push(rec.record(zero_pages_sent));
+        }
+    }
+
+    /// Repeat the records from `from` on `n` more times, `per` rounds and `period` ns apart.
+    fn repeat_tail(&mut self, from: usize, n: u64, per: usize, period: f64) {
+        self.n += n as usize * (self.n - from);
+        if !self.keep {
+            return;
+        }
+        let template: Vec<RoundRecord> = self.recs[from..].to_vec();
+        self.recs.reserve(n as usize * template.len());
+        for i in 1..=n {
+            for r in &template {
+                let mut r = r.clone();
+                r.round += (i as u32) * per as u32;
+                r.start_ns += (i as f64 * period) as u64;
+                self.recs.push(r);
+            }
+        }
+    }
+
+    /// The records of `n` iterations along `drift`.
+    fn drift(&mut self, drift: &Drift, n: u64) {
+        self.n += n as usize * drift.records_per_iteration();
+        if self.keep {
+            drift.records(n, &mut self.recs);
+        }
+    }
 }
 
 /// As [`simulate_fluid`]; `skip_ticks = false` consults the policy at every tick (tests check
 /// that skipping changes nothing).
-pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool) -> RunResult {
+pub(crate) fn run(
+    ck: &Checked,
+    replicate: u32,
+    analytic: bool,
+    skip_ticks: bool,
+    keep_rounds: bool,
+) -> RunResult {
     let sc = &ck.scenario;
     let (phases, repeat, class_sets): (Vec<Nanos>, bool, Vec<Vec<Class>>) = match &ck.workload {
         Workload::Classes(c) => (vec![u64::MAX], false, vec![c.clone()]),
@@ -2265,7 +2322,11 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
     let (mut total_pages, mut total_bytes) = (0.0f64, 0.0f64);
     let mut last_round: Option<RoundSrc> = None;
     let mut last_bw = precopy_bps;
-    let mut rounds: Vec<RoundRecord> = Vec::with_capacity(16);
+    let mut rounds = Rounds {
+        keep: keep_rounds,
+        n: 0,
+        recs: Vec::with_capacity(if keep_rounds { 16 } else { 0 }),
+    };
     let mut max_throttle = 0.0f64;
     let ctx = ObsCtx {
         mem_bytes: ck.mem_bytes(),
@@ -2388,11 +2449,14 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                 throttle: f.throttle,
                 guest_writes: f.guest_writes - round_writes_start,
             };
-            rounds.push(rec.record(if round == 0 {
-                zero_sent.round() as u64
-            } else {
-                0
-            }));
+            rounds.push(
+                &rec,
+                if round == 0 {
+                    zero_sent.round() as u64
+                } else {
+                    0
+                },
+            );
             if log.recording {
                 log.recs.push(rec);
             }
@@ -2473,16 +2537,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                     };
                     if n > 0 {
                         let nf = n as f64;
-                        let template: Vec<RoundRecord> = rounds[prev.rounds..].to_vec();
-                        rounds.reserve(n as usize * template.len());
-                        for i in 1..=n {
-                            for r in &template {
-                                let mut r = r.clone();
-                                r.round += (i as u32) * per_round as u32;
-                                r.start_ns += (i as f64 * period) as u64;
-                                rounds.push(r);
-                            }
-                        }
+                        rounds.repeat_tail(prev.rounds, n, per_round, period);
                         if f.sweep.lay.pieces.len() == 1 && now.x0 != prev.x0 {
                             // One piece over all of memory: only where the sweep starts
                             // relative to the scans' heads tells iterations apart.
@@ -2542,7 +2597,7 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                 if let Some(jump) = plan {
                     #[cfg(test)]
                     DRIFTED.with(|d| d.set(d.get() + jump.n));
-                    drift.records(jump.n, &mut rounds);
+                    rounds.drift(&drift, jump.n);
                     drift.land(&mut f, &mut lv, jump.n);
                     policy = jump.policy;
                     last_round = jump.last_round;
@@ -2698,11 +2753,14 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
                 throttle: f.throttle,
                 guest_writes: f.guest_writes - round_writes_start,
             };
-            rounds.push(rec.record(if round == 0 {
-                zero_sent.round() as u64
-            } else {
-                0
-            }));
+            rounds.push(
+                &rec,
+                if round == 0 {
+                    zero_sent.round() as u64
+                } else {
+                    0
+                },
+            );
         }
         final_pages = f.send_pages + dirty - overlap;
         final_bytes = f.send_bytes + (dirty - overlap) * f.page_wire;
@@ -2770,7 +2828,10 @@ pub(crate) fn run(ck: &Checked, replicate: u32, analytic: bool, skip_ticks: bool
         xbzrle_hits: 0,
     };
     SPARE.with(|s| s.set(Some((f.segs, f.sweep))));
-    RunResult { report, rounds }
+    RunResult {
+        report,
+        rounds: rounds.recs,
+    }
 }
 
 #[cfg(test)]

@@ -169,3 +169,17 @@ pub fn simulate(ck: &Checked, replicate: u32) -> RunResult {
         MigrationSpec::Storage(st) => storage(ck, replicate, st),
     }
 }
+
+/// [`simulate`]'s report alone: the round records are not built where a mode can skip them
+/// (fluid and analytic), and dropped otherwise. The report is the one [`simulate`] gives.
+pub fn simulate_report(ck: &Checked, replicate: u32) -> RunReport {
+    match (&ck.scenario.migration, ck.scenario.mode) {
+        (MigrationSpec::Live, Mode::Fluid) => {
+            crate::fluid::simulate_fluid_report(ck, replicate, false)
+        }
+        (MigrationSpec::Live, Mode::Analytic) => {
+            crate::fluid::simulate_fluid_report(ck, replicate, true)
+        }
+        _ => simulate(ck, replicate).report,
+    }
+}

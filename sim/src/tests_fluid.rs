@@ -257,8 +257,8 @@ fn skipped_ticks_change_nothing() {
         let mut s = scenario(mem, bw, w, p);
         s.mode = Mode::Fluid;
         let ck = s.check().expect("valid");
-        let fast = fluid::run(&ck, 0, false, true);
-        let slow = fluid::run(&ck, 0, false, false);
+        let fast = fluid::run(&ck, 0, false, true, true);
+        let slow = fluid::run(&ck, 0, false, false, true);
         if let Err(e) = same(&fast, &slow) {
             panic!("case {i}: skipping ticks changed the result: {e}");
         }
@@ -719,18 +719,55 @@ fn fast_paths_change_nothing_on_random_scenarios() {
             continue;
         };
         ran += 1;
-        let fast = fluid::run(&ck, 0, false, true);
-        let slow = fluid::run(&ck, 0, false, false);
+        let fast = fluid::run(&ck, 0, false, true, true);
+        let slow = fluid::run(&ck, 0, false, false, true);
         if let Err(e) = same(&fast, &slow) {
             panic!(
                 "case {i}: the fast paths changed the result: {e}\n{}",
                 toml::to_string(&s).unwrap_or_default()
             );
         }
+        let bare = fluid::run(&ck, 0, false, true, false);
+        assert_eq!(
+            bare.report, fast.report,
+            "case {i}: the report changed when round records were not built"
+        );
     }
     assert!(
         ran >= 900,
         "only {ran} of 1,000 random scenarios were valid"
+    );
+}
+
+#[test]
+fn a_run_without_round_records_reports_the_same_and_counts_them() {
+    // Across the standard grid (in fluid and analytic mode): the same report, with the round
+    // count the records would have had, whether the iterations were simulated, repeated at a
+    // fixed point or jumped along a drift.
+    let before = fluid::DRIFTED.with(|d| d.get());
+    let (mut records, mut simulated) = (0usize, 0usize);
+    for ck in crate::grids::standard_fluid_grid() {
+        for analytic in [false, true] {
+            let full = fluid::run(&ck, 0, analytic, true, true);
+            let bare = fluid::run(&ck, 0, analytic, true, false);
+            let what = format!("{} ({})", ck.scenario.name, full.report.backend);
+            assert_eq!(bare.report, full.report, "{what}: the report changed");
+            assert_eq!(full.report.rounds as usize, full.rounds.len(), "{what}");
+            assert!(bare.rounds.is_empty(), "{what}: records were built");
+            assert_eq!(
+                crate::simulate_report(&ck, 0),
+                crate::simulate(&ck, 0).report,
+                "{what}"
+            );
+            records += full.rounds.len();
+        }
+        simulated += 1;
+    }
+    // (The grid exercises the jumps the count must follow.)
+    let jumped = fluid::DRIFTED.with(|d| d.get()) - before;
+    assert!(
+        simulated > 100 && jumped > 1000 && records > 10 * simulated,
+        "{simulated} scenarios, {records} records, {jumped} iterations jumped along drifts"
     );
 }
 
@@ -766,9 +803,9 @@ fn iterations_that_drift_are_jumped_over_and_change_nothing() {
 fn jumped_along_drifts(s: &Scenario, what: &str) -> (u64, u64) {
     let ck = s.clone().check().expect("valid");
     let before = fluid::DRIFTED.with(|d| d.get());
-    let fast = fluid::run(&ck, 0, false, true);
+    let fast = fluid::run(&ck, 0, false, true, true);
     let jumped = fluid::DRIFTED.with(|d| d.get()) - before;
-    let slow = fluid::run(&ck, 0, false, false);
+    let slow = fluid::run(&ck, 0, false, false, true);
     if let Err(e) = same(&fast, &slow) {
         panic!("{what}: jumping along the drift changed the result: {e}");
     }

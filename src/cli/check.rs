@@ -227,6 +227,7 @@ fn build(e: &Entry, at: &str, dir: &Path) -> Result<Budget> {
                 base,
                 axes: Vec::new(),
                 plots: Vec::new(),
+                rounds: true,
                 text: String::new(),
                 path: PathBuf::new(),
             };

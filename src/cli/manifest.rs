@@ -100,7 +100,13 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    pub fn new(spec: &SweepSpec, plan: &Plan, shard: Option<(u64, u64)>, selected: usize) -> Self {
+    pub fn new(
+        spec: &SweepSpec,
+        plan: &Plan,
+        shard: Option<(u64, u64)>,
+        selected: usize,
+        rounds: bool,
+    ) -> Self {
         let value = json!({
             "tool": "migsim",
             "version": env!("CARGO_PKG_VERSION"),
@@ -128,6 +134,7 @@ impl Manifest {
             "runs_in_plan": plan.runs.len(),
             "shard": shard.map(|(i, n)| format!("{i}/{n}")),
             "runs_selected": selected,
+            "rounds_csv": rounds,
         });
         Manifest { value }
     }

@@ -16,7 +16,8 @@ use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub struct MergeArgs {
-    /// Shard output directories (each with runs.csv, rounds.csv, manifest.json).
+    /// Shard output directories (each with runs.csv, manifest.json and, unless run with
+    /// `--no-rounds`, rounds.csv).
     #[arg(required = true)]
     pub shards: Vec<PathBuf>,
     /// Directory to write the merged results into.
@@ -33,6 +34,8 @@ pub fn run(a: MergeArgs) -> Result<ExitCode> {
     let mut first_manifest: Option<Value> = None;
     let mut rows: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     let mut rounds: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    // Whether the shards wrote rounds.csv (all of them or none).
+    let mut with_rounds: Option<bool> = None;
     for dir in &a.shards {
         let m = manifest::read(&dir.join("manifest.json"))?;
         let pid = m
@@ -73,8 +76,24 @@ pub fn run(a: MergeArgs) -> Result<ExitCode> {
             here.insert(id);
             rows.insert(id, r);
         }
-        let rtext = std::fs::read_to_string(dir.join("rounds.csv"))
-            .with_context(|| format!("failed to read {}/rounds.csv", dir.display()))?;
+        let rp = dir.join("rounds.csv");
+        let has = rp.exists();
+        match with_rounds {
+            None => with_rounds = Some(has),
+            Some(w) if w != has => bail!(
+                "{} {} rounds.csv and an earlier shard {}: shards of one merge must all be run with rounds or all without (`--no-rounds`)",
+                dir.display(),
+                if has { "has" } else { "has no" },
+                if w { "has one" } else { "has none" }
+            ),
+            _ => {}
+        }
+        let rtext = if has {
+            std::fs::read_to_string(&rp)
+                .with_context(|| format!("failed to read {}", rp.display()))?
+        } else {
+            String::new()
+        };
         for l in complete_lines(&rtext).lines().skip(1) {
             if let Some(id) = l.split(',').next().and_then(|s| s.parse::<usize>().ok()) {
                 if here.contains(&id) {
@@ -91,15 +110,21 @@ pub fn run(a: MergeArgs) -> Result<ExitCode> {
     };
     let in_plan = m.get("runs_in_plan").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
     let missing: Vec<usize> = (0..in_plan).filter(|i| !rows.contains_key(i)).collect();
-    write_atomic(&a.out.join("rounds.csv"), |b| {
-        writeln!(b, "{}", sim::metrics::ROUNDS_HEADER.join(","))?;
-        for ls in rounds.values() {
-            for l in ls {
-                writeln!(b, "{l}")?;
+    if with_rounds == Some(true) {
+        write_atomic(&a.out.join("rounds.csv"), |b| {
+            writeln!(b, "{}", sim::metrics::ROUNDS_HEADER.join(","))?;
+            for ls in rounds.values() {
+                for l in ls {
+                    writeln!(b, "{l}")?;
+                }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        })?;
+    } else if a.out.join("rounds.csv").exists() {
+        // (Left by an earlier merge; it would not describe these runs.)
+        std::fs::remove_file(a.out.join("rounds.csv"))
+            .with_context(|| format!("failed to remove {}/rounds.csv", a.out.display()))?;
+    }
     write_atomic(&a.out.join("runs.csv"), |b| {
         writeln!(
             b,

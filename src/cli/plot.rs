@@ -760,7 +760,9 @@ fn timeline<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     run_id: Option<usize>,
 ) -> Result<()> {
-    let rounds = data.rounds.as_ref().context("rounds.csv is missing")?;
+    let rounds = data.rounds.as_ref().context(
+        "rounds.csv is missing (a sweep run with `--no-rounds` or `[sweep] rounds = false` writes none); the timeline needs it",
+    )?;
     let row = match run_id {
         Some(id) => data
             .rows()

@@ -62,6 +62,10 @@ pub struct SweepArgs {
     /// Skip the plots listed in the spec's `[sweep] plots`.
     #[arg(long)]
     pub no_plots: bool,
+    /// Write runs.csv only, as `[sweep] rounds = false` does: no rounds.csv, and the round
+    /// records are not built (a large fluid sweep runs faster and takes far less disk).
+    #[arg(long)]
+    pub no_rounds: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -91,10 +95,17 @@ struct SweepSection {
     /// Plot kinds to draw into `<out>/plots/` when the sweep completes.
     #[serde(default)]
     plots: Vec<String>,
+    /// Write rounds.csv (one row per round of every run).
+    #[serde(default = "yes")]
+    rounds: bool,
 }
 
 fn one() -> u32 {
     1
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One swept field: a dotted scenario path and its values (with the label used in the
@@ -114,6 +125,8 @@ pub struct SweepSpec {
     pub base: toml::Table,
     pub axes: Vec<Axis>,
     pub plots: Vec<String>,
+    /// Whether rounds.csv is written.
+    pub rounds: bool,
     /// The spec file's text, kept for the manifest.
     pub text: String,
     pub path: PathBuf,
@@ -178,6 +191,7 @@ pub fn parse_spec(text: &str, path: &Path) -> Result<SweepSpec> {
         base,
         axes: axes.into_iter().map(|a| a.1).collect(),
         plots: s.plots,
+        rounds: s.rounds,
         text: text.to_string(),
         path: path.to_path_buf(),
     })
@@ -571,12 +585,23 @@ pub fn expand(spec: &SweepSpec) -> Result<Plan> {
 
 /// Simulate one run; invalid points and panics become errors.
 pub fn simulate_run(plan: &Plan, r: &RunRef) -> Result<RunResult, String> {
+    simulate_guarded(plan, r, sim::simulate)
+}
+
+/// [`simulate_run`] without the round records (see [`sim::simulate_report`]).
+fn simulate_run_report(plan: &Plan, r: &RunRef) -> Result<sim::RunReport, String> {
+    simulate_guarded(plan, r, sim::simulate_report)
+}
+
+/// `sim` on the run's checked scenario, with a panic turned into an error.
+fn simulate_guarded<T>(
+    plan: &Plan,
+    r: &RunRef,
+    sim: impl FnOnce(&sim::Checked, u32) -> T,
+) -> Result<T, String> {
     let p = &plan.points[r.point];
     let ck = p.scenario.as_ref().map_err(|e| e.clone())?;
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        sim::simulate(ck, r.replicate)
-    }))
-    .map_err(|e| {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim(ck, r.replicate))).map_err(|e| {
         let msg = e
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -594,12 +619,20 @@ struct RunLines {
     bad: bool,
 }
 
-fn render_run(plan: &Plan, r: &RunRef) -> RunLines {
+/// Render one run's lines; with `rounds` false its round records are not even built.
+fn render_run(plan: &Plan, r: &RunRef, rounds: bool) -> RunLines {
     let p = &plan.points[r.point];
-    let res = simulate_run(plan, r);
+    let (report, records) = if rounds {
+        match simulate_run(plan, r) {
+            Ok(res) => (Ok(res.report), res.rounds),
+            Err(e) => (Err(e), Vec::new()),
+        }
+    } else {
+        (simulate_run_report(plan, r), Vec::new())
+    };
     let mut runs = String::with_capacity(320);
-    match &res {
-        Ok(res) => metrics::push_run_row(&mut runs, r.run_id, &res.report),
+    match &report {
+        Ok(report) => metrics::push_run_row(&mut runs, r.run_id, report),
         Err(e) => {
             let mut row = vec![String::new(); RUNS_HEADER.len()];
             let mut put = |col: &str, v: String| {
@@ -638,17 +671,14 @@ fn render_run(plan: &Plan, r: &RunRef) -> RunLines {
         metrics::push_field(&mut runs, v);
     }
     runs.push('\n');
-    let mut rounds = String::new();
-    if let Ok(res) = &res {
-        rounds.reserve(res.rounds.len() * 80);
-        for rr in &res.rounds {
-            metrics::push_round_line(&mut rounds, r.run_id, rr);
-        }
+    let mut rounds = String::with_capacity(records.len() * 80);
+    for rr in &records {
+        metrics::push_round_line(&mut rounds, r.run_id, rr);
     }
     RunLines {
         runs,
         rounds,
-        bad: res.is_err(),
+        bad: report.is_err(),
     }
 }
 
@@ -735,11 +765,15 @@ impl Drop for DirLock {
 
 /// Set up the output directory; returns the run ids already finished there (a resume) and how
 /// many of their rows are `invalid` or `error`.
+///
+/// With `rounds` false no rounds.csv is written; resuming rows written the other way is refused
+/// (rounds.csv would cover only some of the runs).
 fn prepare_dir(
     dir: &Path,
     plan: &Plan,
     header: &[String],
     fresh: bool,
+    rounds: bool,
 ) -> Result<(HashSet<usize>, usize)> {
     let runs_p = dir.join("runs.csv");
     let rounds_p = dir.join("rounds.csv");
@@ -755,10 +789,16 @@ fn prepare_dir(
     std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
     if !runs_p.exists() {
         let h = header.join(",") + "\n";
-        write_atomic(&rounds_p, |b| {
-            b.extend_from_slice((metrics::ROUNDS_HEADER.join(",") + "\n").as_bytes());
-            Ok(())
-        })?;
+        if rounds {
+            write_atomic(&rounds_p, |b| {
+                b.extend_from_slice((metrics::ROUNDS_HEADER.join(",") + "\n").as_bytes());
+                Ok(())
+            })?;
+        } else if rounds_p.exists() {
+            // (Left by some earlier sweep; it would not describe these runs.)
+            std::fs::remove_file(&rounds_p)
+                .with_context(|| format!("failed to remove {}", rounds_p.display()))?;
+        }
         write_atomic(&runs_p, |b| {
             b.extend_from_slice(h.as_bytes());
             Ok(())
@@ -777,6 +817,18 @@ fn prepare_dir(
             "{} holds results of a different plan ({prev}, this spec expands to {}); pass --fresh to start over or choose another --out",
             dir.display(),
             plan.plan_id
+        );
+    }
+    if rounds && !rounds_p.exists() {
+        bail!(
+            "{} holds results written without rounds.csv (`--no-rounds` or `[sweep] rounds = false`); resume with --no-rounds, or pass --fresh to start over",
+            dir.display()
+        );
+    }
+    if !rounds && rounds_p.exists() {
+        bail!(
+            "{} holds results written with rounds.csv; resume without --no-rounds and with `[sweep] rounds` true, or pass --fresh to start over",
+            dir.display()
         );
     }
     let text = std::fs::read_to_string(&runs_p)
@@ -812,6 +864,9 @@ fn prepare_dir(
             b.extend_from_slice(kept.as_bytes());
             Ok(())
         })?;
+    }
+    if !rounds {
+        return Ok((done, bad));
     }
     // Keep only the rounds of finished runs (a crash may leave rounds of an unfinished batch).
     let rtext = std::fs::read_to_string(&rounds_p).unwrap_or_default();
@@ -864,6 +919,9 @@ fn append<'a>(path: &Path, parts: impl Iterator<Item = &'a str>) -> Result<()> {
 fn ensure_sorted(dir: &Path) -> Result<()> {
     for name in ["runs.csv", "rounds.csv"] {
         let p = dir.join(name);
+        if name == "rounds.csv" && !p.exists() {
+            continue; // (a sweep without rounds)
+        }
         let text = std::fs::read_to_string(&p)?;
         let mut lines = text.lines();
         let header = lines.next().unwrap_or_default().to_string();
@@ -952,7 +1010,8 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
     });
     let header = plan.runs_header();
     let _lock = DirLock::take(&dir)?;
-    let (done, bad_before) = prepare_dir(&dir, &plan, &header, a.fresh)?;
+    let rounds = spec.rounds && !a.no_rounds;
+    let (done, bad_before) = prepare_dir(&dir, &plan, &header, a.fresh, rounds)?;
     let todo: Vec<&RunRef> = plan
         .runs
         .iter()
@@ -965,7 +1024,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
         .filter(|r| shard.is_none_or(|s| in_shard(&r.point_id, s)))
         .count();
     let started = std::time::SystemTime::now();
-    let mut man = manifest::Manifest::new(&spec, &plan, shard, selected);
+    let mut man = manifest::Manifest::new(&spec, &plan, shard, selected, rounds);
     man.write(&dir, started, None, false)?;
 
     let threads = a
@@ -978,7 +1037,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
         .context("failed to start worker threads")?;
     let pb = progress_bar(todo.len() as u64, a.quiet);
     let t0 = std::time::Instant::now();
-    let bad_now = write_in_order(&pool, threads, &plan, &todo, &dir, &pb)?;
+    let bad_now = write_in_order(&pool, threads, &plan, &todo, &dir, &pb, rounds)?;
     pb.finish_and_clear();
     let wall = t0.elapsed();
     // Rows are appended in plan order, so the files are sorted unless a resume found finished
@@ -1020,8 +1079,8 @@ const BLOCK_TARGET: std::time::Duration = std::time::Duration::from_millis(2);
 /// Most runs a worker takes at once.
 const MAX_BLOCK: usize = 64;
 
-/// Simulate `todo` on `threads` workers of `pool` and append the results in plan order;
-/// returns how many of the runs are `invalid` or `error`.
+/// Simulate `todo` on `threads` workers of `pool` and append the results in plan order
+/// (rounds.csv only with `rounds`); returns how many of the runs are `invalid` or `error`.
 ///
 /// Workers take runs in order from a shared counter, in blocks sized to take about
 /// [`BLOCK_TARGET`] by the time their last runs took (so a slow run never holds up others, and
@@ -1036,6 +1095,7 @@ fn write_in_order(
     todo: &[&RunRef],
     dir: &Path,
     pb: &indicatif::ProgressBar,
+    rounds: bool,
 ) -> Result<usize> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
@@ -1056,8 +1116,10 @@ fn write_in_order(
                     }
                     let end = (i + block).min(todo.len());
                     let t0 = std::time::Instant::now();
-                    let lines: Vec<RunLines> =
-                        todo[i..end].iter().map(|r| render_run(plan, r)).collect();
+                    let lines: Vec<RunLines> = todo[i..end]
+                        .iter()
+                        .map(|r| render_run(plan, r, rounds))
+                        .collect();
                     // (Growing at most twofold, so that a streak of instant runs, such as
                     // invalid points, does not hand one worker a long block of slow ones.)
                     let per_run = t0.elapsed() / (end - i) as u32;
@@ -1094,7 +1156,9 @@ fn write_in_order(
             if !done.is_empty() {
                 // Rounds first: a crash between the two appends leaves rounds without a run
                 // row, which the next resume drops; never a run row without its rounds.
-                append(&rounds_p, done.iter().map(|l| l.rounds.as_str()))?;
+                if rounds {
+                    append(&rounds_p, done.iter().map(|l| l.rounds.as_str()))?;
+                }
                 append(&runs_p, done.iter().map(|l| l.runs.as_str()))?;
             }
             Ok(())

@@ -790,6 +790,11 @@ impl Drift {
         limit
     }
 
+    /// How many round records one iteration along the drift closes.
+    pub fn records_per_iteration(&self) -> usize {
+        self.snaps[2].log.recs.len()
+    }
+
     /// Append the round records of the `n` iterations jumped over to `out`.
     pub fn records(&self, n: u64, out: &mut Vec<RoundRecord>) {
         let (l1, l2) = (&self.snaps[1].log, &self.snaps[2].log);
