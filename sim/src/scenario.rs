@@ -490,6 +490,13 @@ impl Scenario {
         from_toml(text).map_err(ScenarioError::Parse)
     }
 
+    /// A scenario from a TOML table already parsed (or built), as [`Scenario::from_toml_str`]
+    /// reads the table's text; `None` where that would fail (its message needs the text: parse
+    /// it to get one).
+    pub fn from_toml_table(t: toml::Table) -> Option<Scenario> {
+        Scenario::deserialize(toml::Value::Table(t)).ok()
+    }
+
     /// Read, parse and validate a scenario file.
     pub fn load(path: &std::path::Path) -> Result<Checked, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
@@ -748,5 +755,88 @@ fn nonneg(v: f64, path: &str, unit: &str, errs: &mut Vec<FieldError>) {
             path,
             format!("must be a finite value ≥ 0 {unit}, got {v}"),
         ));
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    /// Both ways of reading `t`: as it stands, and as its text.
+    fn both(t: &toml::Table) -> (Option<Scenario>, Option<Scenario>) {
+        let text = toml::to_string(t).expect("a table serialises");
+        (
+            Scenario::from_toml_table(t.clone()),
+            Scenario::from_toml_str(&text).ok(),
+        )
+    }
+
+    #[test]
+    fn a_table_reads_as_its_text_does() {
+        // Every scenario file shipped, every default policy and every workload kind, and
+        // tables broken in the ways sweep axes break them.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut tables: Vec<toml::Table> = Vec::new();
+        let mut files = vec![root.join("scenarios")];
+        while let Some(p) = files.pop() {
+            if p.is_dir() {
+                files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            } else if p.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                if Scenario::from_toml_str(&text).is_ok() {
+                    tables.push(toml::from_str(&text).unwrap());
+                }
+            }
+        }
+        assert!(tables.len() >= 20, "only {} scenario files", tables.len());
+        let base = Scenario::default_scenario();
+        for p in crate::policy::PolicySpec::all_defaults() {
+            let mut s = base.clone();
+            s.policy = p;
+            tables.push(toml::from_str(&s.to_toml()).unwrap());
+        }
+        let kinds = [
+            "kind = \"idle\"",
+            "kind = \"uniform\"\nwss = \"64 MiB\"\nrate_pps = 5000",
+            "kind = \"hot_cold\"\nhot_wss = \"64 MiB\"\nhot_rate_pps = 50000\ncold_rate_pps = 2000",
+            "kind = \"zipf\"\nwss = \"1 GiB\"\nrate_pps = 30000\nexponent = 0.99",
+            "kind = \"scan\"\nwss = \"1 GiB\"\nrate_pps = 400000",
+        ];
+        let valid = tables.clone();
+        for k in kinds {
+            let mut t = valid[0].clone();
+            t.insert(
+                "workload".into(),
+                toml::Value::Table(toml::from_str(k).unwrap()),
+            );
+            tables.push(t);
+        }
+        let good = tables.len();
+        for (i, t) in valid.iter().enumerate().take(8) {
+            let mut bad = t.clone();
+            match i % 4 {
+                0 => bad.insert("bogus".into(), toml::Value::Integer(1)),
+                1 => bad["link"]
+                    .as_table_mut()
+                    .unwrap()
+                    .insert("bandwidth".into(), toml::Value::String("fast".into())),
+                2 => bad["vm"]
+                    .as_table_mut()
+                    .unwrap()
+                    .insert("memory".into(), toml::Value::Boolean(true)),
+                _ => bad.remove("policy"),
+            };
+            tables.push(bad);
+        }
+        for (i, t) in tables.iter().enumerate() {
+            let (direct, via_text) = both(t);
+            assert_eq!(
+                direct,
+                via_text,
+                "table {i}:\n{}",
+                toml::to_string(t).unwrap()
+            );
+            assert_eq!(direct.is_some(), i < good, "table {i}");
+        }
     }
 }

@@ -481,22 +481,30 @@ pub fn concretise(base: &toml::Table, sets: &[(&str, &toml::Value)]) -> Point {
     };
     let (name, policy, workload, seed) =
         (s("name"), s("policy.kind"), s("workload.kind"), s("seed"));
-    let raw = toml::to_string(&t).unwrap_or_default();
-    let scenario = match err {
+    // The table is read as it stands; only when that fails is it written out as the text the
+    // error message's line number refers to (`--show` prints that text).
+    let text = |t: &toml::Table| toml::to_string(t).unwrap_or_default();
+    let parsed = match err {
         Some(e) => Err(e),
-        None => match Scenario::from_toml_str(&raw) {
-            Err(e) => Err(e.to_string()),
-            Ok(sc) => sc.check().map_err(|errs| {
-                errs.iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            }),
+        None => match Scenario::from_toml_table(t.clone()) {
+            Some(sc) => Ok(sc),
+            None => match Scenario::from_toml_str(&text(&t)) {
+                Err(e) => Err(e.to_string()),
+                Ok(sc) => Ok(sc),
+            },
         },
     };
+    let scenario = parsed.and_then(|sc| {
+        sc.check().map_err(|errs| {
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    });
     let canonical = match &scenario {
         Ok(ck) => ck.scenario.to_toml(),
-        Err(_) => raw,
+        Err(_) => text(&t),
     };
     Point {
         params: Vec::new(),
