@@ -406,6 +406,58 @@ impl ScenarioError {
 }
 
 /// Deserialize any TOML-backed type, reporting the failing field's path.
+/// Parts of a scenario document [`Scenario::to_toml_cached`] writes: the top-level values,
+/// then one per table.
+const TOML_PARTS_N: usize = 10;
+/// Texts it keeps per part (the latest), so that a sweep's fastest axis cycling through a few
+/// values (every policy, say) finds them all.
+const TOML_PART_KEPT: usize = 16;
+
+type KeptParts = [Vec<(String, String)>; TOML_PARTS_N];
+
+thread_local! {
+    /// [`Scenario::to_toml_cached`]'s key buffer, and per part the keys and texts kept.
+    static TOML_PARTS: std::cell::RefCell<(String, KeptParts)> = Default::default();
+}
+
+/// A scenario's tables behind one type, to write them out one by one.
+mod erased {
+    use serde::ser::SerializeStruct;
+
+    pub trait Ser: std::fmt::Debug {
+        /// The document of `self`'s own fields.
+        fn text(&self) -> String;
+        /// The document holding `self` as table `name`.
+        fn table_text(&self, name: &'static str) -> String;
+    }
+
+    impl<T: serde::Serialize + std::fmt::Debug> Ser for T {
+        fn text(&self) -> String {
+            toml::to_string_pretty(self).expect("scenario serialises to TOML")
+        }
+
+        fn table_text(&self, name: &'static str) -> String {
+            struct One<'a, T>(&'static str, &'a T);
+            impl<T: serde::Serialize> serde::Serialize for One<'_, T> {
+                fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    let mut st = s.serialize_struct("Scenario", 1)?;
+                    st.serialize_field(self.0, self.1)?;
+                    st.end()
+                }
+            }
+            toml::to_string_pretty(&One(name, self)).expect("scenario serialises to TOML")
+        }
+    }
+
+    pub struct Dbg<'a>(pub &'a dyn Ser);
+
+    impl std::fmt::Debug for Dbg<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            self.0.fmt(f)
+        }
+    }
+}
+
 pub fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     let de = toml::Deserializer::new(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -484,6 +536,78 @@ impl Scenario {
     pub fn to_toml(&self) -> String {
         // Serialising plain data to TOML cannot fail for these types (no maps with non-string keys).
         toml::to_string_pretty(self).expect("scenario serialises to TOML")
+    }
+
+    /// [`Scenario::to_toml`]'s text, written table by table with each table's text remembered
+    /// (per thread) for the next scenario holding the same table: a sweep writes out thousands
+    /// of scenarios that differ in a field or two.
+    pub fn to_toml_cached(&self) -> String {
+        use std::fmt::Write;
+
+        /// The top-level values, which the document writes before every table.
+        #[derive(Debug, Serialize)]
+        struct Head<'a> {
+            name: &'a str,
+            seed: u64,
+            #[serde(skip_serializing_if = "Mode::is_exact")]
+            mode: Mode,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            calibration: &'a Option<std::path::PathBuf>,
+        }
+        let head = Head {
+            name: &self.name,
+            seed: self.seed,
+            mode: self.mode,
+            calibration: &self.calibration,
+        };
+        let mut parts: Vec<(&'static str, &dyn erased::Ser)> = vec![
+            ("", &head),
+            ("vm", &self.vm),
+            ("workload", &self.workload),
+            ("link", &self.link),
+            ("switchover", &self.switchover),
+            ("dirty_log", &self.dirty_log),
+            ("policy", &self.policy),
+            ("limits", &self.limits),
+        ];
+        if !self.transfer.is_plain() {
+            parts.push(("transfer", &self.transfer));
+        }
+        if !self.migration.is_live() {
+            parts.push(("migration", &self.migration));
+        }
+        TOML_PARTS.with(|c| {
+            let mut c = c.borrow_mut();
+            let (key, kept) = &mut *c;
+            let mut text = String::new();
+            for (i, (name, v)) in parts.into_iter().enumerate() {
+                // (The key tells values apart to the bit, as the text does: `Debug` writes
+                // -0.0 and 0.0 differently where `==` finds them equal.)
+                key.clear();
+                let _ = write!(key, "{:?}", erased::Dbg(v));
+                let kept = &mut kept[i];
+                let at = match kept.iter().position(|(k, _)| k == key) {
+                    Some(at) => at,
+                    None => {
+                        let t = if name.is_empty() {
+                            v.text()
+                        } else {
+                            v.table_text(name)
+                        };
+                        if kept.len() == TOML_PART_KEPT {
+                            kept.remove(0);
+                        }
+                        kept.push((key.clone(), t));
+                        kept.len() - 1
+                    }
+                };
+                if i > 0 {
+                    text.push('\n');
+                }
+                text.push_str(&kept[at].1);
+            }
+            text
+        })
     }
 
     pub fn from_toml_str(text: &str) -> Result<Scenario, ScenarioError> {
@@ -769,6 +893,70 @@ mod table_tests {
             Scenario::from_toml_table(t.clone()),
             Scenario::from_toml_str(&text).ok(),
         )
+    }
+
+    #[test]
+    fn scenarios_written_table_by_table_read_as_written_whole() {
+        // Every shipped scenario file, then variations of each table in turn (so that each
+        // table's text is remembered, reused and replaced), in an order where neighbours share
+        // most of their tables, as the points of a sweep do.
+        let mut all: Vec<Scenario> = Vec::new();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = vec![root.join("scenarios")];
+        while let Some(p) = files.pop() {
+            if p.is_dir() {
+                files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            } else if p.extension().is_some_and(|e| e == "toml") {
+                if let Ok(s) = Scenario::from_toml_str(&std::fs::read_to_string(&p).unwrap()) {
+                    all.push(s);
+                }
+            }
+        }
+        let base = Scenario::default_scenario();
+        for (i, p) in crate::policy::PolicySpec::all_defaults()
+            .into_iter()
+            .enumerate()
+        {
+            for mode in [Mode::Exact, Mode::Fluid, Mode::Analytic] {
+                let mut s = base.clone();
+                s.policy = p.clone();
+                s.mode = mode;
+                s.seed = i as u64;
+                all.push(s.clone());
+                s.link.bandwidth.0 = -0.0;
+                all.push(s.clone());
+                s.link.bandwidth.0 = 0.0;
+                all.push(s.clone());
+                s.calibration = Some("cal.json".into());
+                all.push(s);
+            }
+        }
+        let kinds = [
+            "kind = \"idle\"",
+            "kind = \"zipf\"\nwss = \"1 GiB\"\nrate_pps = 30000\nexponent = 0.99",
+            "kind = \"phased\"\nrepeat = true\n[[phases]]\nduration_ms = 500\n[phases.workload]\nkind = \"scan\"\nrate_pps = 1000\n[[phases]]\nduration_ms = 100\n[phases.workload]\nkind = \"idle\"",
+        ];
+        for k in kinds {
+            let mut s = base.clone();
+            s.workload = toml::from_str(k).unwrap();
+            all.push(s);
+        }
+        let moves = [
+            "[transfer.xbzrle]\ncache = \"64 MiB\"\ndelta_fraction = 0.1\n[transfer.multifd]\nchannels = 2\nchannel_bandwidth = \"10 Gbit/s\"\npacket = \"512 KiB\"\npacket_header_bytes = 1104",
+            "[migration]\nkind = \"quick\"\nstorage_write = \"500 MB/s\"\nstorage_read = \"1 GB/s\"\nfailover_ms = 2000",
+        ];
+        for m in moves {
+            let mut t: toml::Table = toml::from_str(&base.to_toml()).unwrap();
+            t.extend(toml::from_str::<toml::Table>(m).unwrap());
+            all.push(Scenario::from_toml_table(t).expect(m));
+        }
+        assert!(all.len() >= 150, "only {} scenarios", all.len());
+        for (i, s) in all.iter().enumerate() {
+            assert_eq!(s.to_toml_cached(), s.to_toml(), "scenario {i}");
+        }
+        // The shipped files hold transfer options and other kinds of move.
+        assert!(all.iter().any(|s| !s.transfer.is_plain()));
+        assert!(all.iter().any(|s| !s.migration.is_live()));
     }
 
     #[test]

@@ -462,13 +462,18 @@ impl Plan {
 
 /// Build the concrete scenario of one point from the base table and axis values.
 pub fn concretise(base: &toml::Table, sets: &[(&str, &toml::Value)]) -> Point {
-    let mut t = base.clone();
-    let mut err = None;
-    for (path, v) in sets {
-        if let Err(e) = set_path(&mut t, path, (*v).clone()) {
-            err.get_or_insert(format!("{path}: {e}"));
+    // The point's table, and the first value that could not be set.
+    let build = || {
+        let mut t = base.clone();
+        let mut err = None;
+        for (path, v) in sets {
+            if let Err(e) = set_path(&mut t, path, (*v).clone()) {
+                err.get_or_insert(format!("{path}: {e}"));
+            }
         }
-    }
+        (t, err)
+    };
+    let (t, err) = build();
     let s = |k: &str| -> String {
         let mut cur = Some(&t);
         let segs: Vec<&str> = k.split('.').collect();
@@ -481,14 +486,15 @@ pub fn concretise(base: &toml::Table, sets: &[(&str, &toml::Value)]) -> Point {
     };
     let (name, policy, workload, seed) =
         (s("name"), s("policy.kind"), s("workload.kind"), s("seed"));
-    // The table is read as it stands; only when that fails is it written out as the text the
-    // error message's line number refers to (`--show` prints that text).
-    let text = |t: &toml::Table| toml::to_string(t).unwrap_or_default();
+    // The table is read as it stands; only a point that fails is written out as text (the
+    // line numbers of a message refer to it, and `--show` prints it), from its table built
+    // again.
+    let text = || toml::to_string(&build().0).unwrap_or_default();
     let parsed = match err {
         Some(e) => Err(e),
-        None => match Scenario::from_toml_table(t.clone()) {
+        None => match Scenario::from_toml_table(t) {
             Some(sc) => Ok(sc),
-            None => match Scenario::from_toml_str(&text(&t)) {
+            None => match Scenario::from_toml_str(&text()) {
                 Err(e) => Err(e.to_string()),
                 Ok(sc) => Ok(sc),
             },
@@ -503,8 +509,8 @@ pub fn concretise(base: &toml::Table, sets: &[(&str, &toml::Value)]) -> Point {
         })
     });
     let canonical = match &scenario {
-        Ok(ck) => ck.scenario.to_toml(),
-        Err(_) => text(&t),
+        Ok(ck) => ck.scenario.to_toml_cached(),
+        Err(_) => text(),
     };
     Point {
         params: Vec::new(),
