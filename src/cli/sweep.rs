@@ -290,15 +290,19 @@ fn range(t: &toml::Table) -> Result<Vec<(String, toml::Value)>, String> {
             if log && (from <= 0.0 || to <= 0.0) {
                 return Err("scale = \"log\" needs from and to > 0".into());
             }
+            // The ends are the values given, to the bit (a formula through logarithms or a
+            // difference would round them).
             (0..n)
                 .map(|i| {
-                    let f = if n == 1 {
-                        0.0
-                    } else {
-                        i as f64 / (n - 1) as f64
-                    };
+                    if i == 0 {
+                        return from;
+                    }
+                    if i == n - 1 {
+                        return to;
+                    }
+                    let f = i as f64 / (n - 1) as f64;
                     if log {
-                        (from.ln() + (to.ln() - from.ln()) * f).exp()
+                        from * (to / from).powf(f)
                     } else {
                         from + (to - from) * f
                     }
@@ -1244,6 +1248,31 @@ mod tests {
         assert_eq!(plan.runs.len(), 12);
         assert_eq!(plan.points[1].params, vec!["1 Gbit/s", "2"]);
         assert_eq!(plan.points[3].params, vec!["10 Gbit/s", "1"]);
+    }
+
+    #[test]
+    fn ranges_of_floats_end_on_the_values_given() {
+        let values = |axis: &str| -> Vec<f64> {
+            spec(axis).axes[0]
+                .values
+                .iter()
+                .map(|v| v.1.as_float().expect("a float"))
+                .collect()
+        };
+        let v =
+            values("\"link.bandwidth\" = { from = 1e8, to = 2.5e10, steps = 10, scale = \"log\" }");
+        assert_eq!((v[0], v[9]), (1e8, 2.5e10));
+        assert!(
+            v.windows(2)
+                .all(|w| w[1] > w[0] * 1.84 && w[1] < w[0] * 1.86),
+            "{v:?}"
+        );
+        let v =
+            values("\"link.bandwidth\" = { from = 1e8, to = 1e10, steps = 3, scale = \"log\" }");
+        assert_eq!(v, [1e8, 1e9, 1e10]);
+        let v = values("\"link.rtt_ms\" = { from = 0.1, to = 0.3, steps = 3 }");
+        assert_eq!((v[0], v[2]), (0.1, 0.3));
+        assert!((v[1] - 0.2).abs() < 1e-15, "{v:?}");
     }
 
     #[test]
