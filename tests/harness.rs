@@ -298,6 +298,13 @@ fn malformed_sweep_spec_names_the_field() {
             SPEC.replace("[\"1 Gbit/s\", \"10 Gbit/s\"]", "\"1 Gbit/s\""),
             "axes.\"link.bandwidth\"",
         ),
+        (
+            SPEC.replace(
+                "replicates = 2\n",
+                "replicates = 2\nrounds = false\nplots = [\"timeline\"]\n",
+            ),
+            "sweep.plots: `timeline`",
+        ),
     ] {
         std::fs::write(d.path().join("spec.toml"), &bad).unwrap();
         let o = sweep(d.path(), "out", &[]);

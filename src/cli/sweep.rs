@@ -159,6 +159,9 @@ pub fn parse_spec(text: &str, path: &Path) -> Result<SweepSpec> {
             );
         }
     }
+    if !s.rounds && s.plots.iter().any(|k| k == "timeline") {
+        bail!("sweep.plots: `timeline` draws rounds.csv, which `rounds = false` leaves out");
+    }
     let mut axes: Vec<(usize, Axis)> = Vec::new();
     for (key, v) in f.axes {
         let at = v.span().start;
@@ -1082,7 +1085,11 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
         dir.display()
     );
     if complete && shard.is_none() && !a.no_plots && !spec.plots.is_empty() {
-        let kinds: Vec<&str> = spec.plots.iter().map(|s| s.as_str()).collect();
+        // (Without rounds.csv there is no timeline to draw: `--no-rounds` leaves it out.)
+        let kinds: Vec<&str> = (spec.plots.iter())
+            .map(|s| s.as_str())
+            .filter(|k| rounds || *k != "timeline")
+            .collect();
         for f in super::plot::render_kinds(&dir, &kinds)? {
             println!("wrote {}", f.display());
         }
