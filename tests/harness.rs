@@ -255,6 +255,59 @@ fn a_sweep_without_rounds_writes_the_same_runs_and_no_rounds_csv() {
 }
 
 #[test]
+fn the_replicates_of_a_fluid_point_give_its_one_result() {
+    // A sweep simulates a fluid point once and gives its result to every replicate: the rows
+    // must be those of the point run on its own, with each replicate's index.
+    let d = setup();
+    let spec = SPEC.replace(
+        "policy = \"all\"\n",
+        "policy = \"all\"\nmode = [\"fluid\", \"exact\"]\n",
+    );
+    assert_ne!(spec, SPEC);
+    std::fs::write(d.path().join("spec.toml"), &spec).unwrap();
+    std::fs::write(
+        d.path().join("one.toml"),
+        spec.replace("replicates = 2", "replicates = 1"),
+    )
+    .unwrap();
+    ok(&sweep(d.path(), "two", &["-j", "1"]));
+    ok(&migsim(
+        &["sweep", "one.toml", "--out", "one", "-q", "-j", "2"],
+        d.path(),
+    ));
+    let rows = |out: &str| -> Vec<Vec<String>> {
+        read(d.path().join(out).join("runs.csv"))
+            .lines()
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect()
+    };
+    let (two, one) = (rows("two"), rows("one"));
+    let col = |name: &str| two[0].iter().position(|h| h == name).unwrap();
+    let (rep, pid, backend) = (col("replicate"), col("point_id"), col("backend"));
+    // Everything but the run id, the replicate and the point id.
+    let result = |r: &[String]| -> Vec<String> {
+        (r.iter().enumerate())
+            .filter(|(i, _)| ![0, rep, pid].contains(i))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let mut fluid = 0;
+    for (i, r) in two[1..].iter().enumerate() {
+        assert_eq!(r[rep], (i % 2).to_string(), "row {i}");
+        if r[backend] == "fluid" {
+            assert_eq!(result(r), result(&one[1 + i / 2]), "row {i}");
+            fluid += 1;
+        }
+    }
+    assert!(fluid > 20, "{fluid} fluid rows");
+    // (Exact replicates are draws of their own: some differ from the point's first.)
+    let exact_differ = (two[1..].chunks(2))
+        .filter(|p| p[0][backend] == "sim" && p[0][col("status")] != "invalid")
+        .any(|p| result(&p[0]) != result(&p[1]));
+    assert!(exact_differ);
+}
+
+#[test]
 fn shards_merge_into_the_unsharded_result() {
     let d = setup();
     ok(&sweep(d.path(), "whole", &[]));

@@ -183,3 +183,11 @@ pub fn simulate_report(ck: &Checked, replicate: u32) -> RunReport {
         _ => simulate(ck, replicate).report,
     }
 }
+
+/// Whether the replicates of `ck` can differ: fluid and analytic mode model expected counts and
+/// draw nothing at random, so every replicate of a live migration in those modes gives the
+/// result of replicate 0 but for its `replicate` field (tested), and a caller may reuse it.
+pub fn replicates_differ(ck: &Checked) -> bool {
+    !(matches!(ck.scenario.migration, MigrationSpec::Live)
+        && matches!(ck.scenario.mode, Mode::Fluid | Mode::Analytic))
+}

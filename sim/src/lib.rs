@@ -20,7 +20,7 @@ pub mod migration;
 pub mod policy;
 pub mod scenario;
 
-pub use kinds::{simulate, simulate_report};
+pub use kinds::{replicates_differ, simulate, simulate_report};
 pub use metrics::{RunReport, RunResult, Status};
 pub use migration::{oracle, simulate_probed, Oracle, OracleCaps};
 pub use scenario::{Checked, Scenario, ScenarioError};

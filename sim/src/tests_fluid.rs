@@ -740,6 +740,50 @@ fn fast_paths_change_nothing_on_random_scenarios() {
 }
 
 #[test]
+fn fluid_replicates_differ_only_in_their_index() {
+    // What lets a sweep reuse a fluid point's result for its other replicates.
+    let mut checked = 0;
+    for ck in crate::grids::standard_fluid_grid() {
+        for mode in [Mode::Fluid, Mode::Analytic, Mode::Exact] {
+            let mut s = ck.scenario.clone();
+            s.mode = mode;
+            s.seed = 11;
+            let ck = s.clone().check().expect("valid");
+            let differ = crate::replicates_differ(&ck);
+            assert_eq!(differ, mode == Mode::Exact, "{mode:?}");
+            if differ {
+                continue;
+            }
+            let first = crate::simulate(&ck, 0);
+            for r in [1, 7] {
+                let mut other = crate::simulate(&ck, r);
+                assert_eq!(other.report.replicate, r);
+                other.report.replicate = 0;
+                assert_eq!(other, first, "{} ({mode:?}), replicate {r}", s.name);
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 300, "{checked}");
+    // In exact mode replicates are independent draws: they differ.
+    let s = scenario(
+        GIB / 4,
+        1e9,
+        WorkloadSpec::Uniform(workloads::spec::UniformSpec {
+            wss: ByteSize(64 * MIB),
+            rate_pps: 20_000.0,
+            offset: ByteSize(0),
+        }),
+        PolicySpec::by_name("qemu").unwrap(),
+    );
+    let ck = s.check().expect("valid");
+    assert!(crate::replicates_differ(&ck));
+    let (a, mut b) = (crate::simulate(&ck, 0), crate::simulate(&ck, 1));
+    b.report.replicate = 0;
+    assert_ne!(a, b, "exact replicates 0 and 1 agree");
+}
+
+#[test]
 fn a_run_without_round_records_reports_the_same_and_counts_them() {
     // Across the standard grid (in fluid and analytic mode): the same report, with the round
     // count the records would have had, whether the iterations were simulated, repeated at a

@@ -640,16 +640,36 @@ struct RunLines {
     bad: bool,
 }
 
-/// Render one run's lines; with `rounds` false its round records are not even built.
-fn render_run(plan: &Plan, r: &RunRef, rounds: bool) -> RunLines {
+/// The last result a worker simulated for a point whose replicates all give it
+/// ([`sim::replicates_differ`]): the point, its report and its round records.
+type Reusable = Option<(usize, sim::RunReport, Vec<sim::metrics::RoundRecord>)>;
+
+/// Render one run's lines; with `rounds` false its round records are not even built. A run
+/// of the point in `reuse` takes its result from there instead of simulating it again (the
+/// replicates of a point are next to each other in the plan).
+fn render_run(plan: &Plan, r: &RunRef, rounds: bool, reuse: &mut Reusable) -> RunLines {
     let p = &plan.points[r.point];
-    let (report, records) = if rounds {
-        match simulate_run(plan, r) {
-            Ok(res) => (Ok(res.report), res.rounds),
-            Err(e) => (Err(e), Vec::new()),
+    let same = (p.scenario.as_ref()).is_ok_and(|ck| !sim::replicates_differ(ck));
+    let (report, records) = match reuse.as_ref().filter(|u| same && u.0 == r.point) {
+        Some((_, report, records)) => {
+            let mut report = report.clone();
+            report.replicate = r.replicate;
+            (Ok(report), records.clone())
         }
-    } else {
-        (simulate_run_report(plan, r), Vec::new())
+        None => {
+            let (report, records) = if rounds {
+                match simulate_run(plan, r) {
+                    Ok(res) => (Ok(res.report), res.rounds),
+                    Err(e) => (Err(e), Vec::new()),
+                }
+            } else {
+                (simulate_run_report(plan, r), Vec::new())
+            };
+            if let (true, Ok(report)) = (same, &report) {
+                *reuse = Some((r.point, report.clone(), records.clone()));
+            }
+            (report, records)
+        }
     };
     let mut runs = String::with_capacity(320);
     match &report {
@@ -1134,6 +1154,7 @@ fn write_in_order(
             let (next, stop) = (&next, &stop);
             scope.spawn(move |_| {
                 let mut block = 1usize;
+                let mut reuse: Reusable = None;
                 loop {
                     let i = next.fetch_add(block, Ordering::Relaxed);
                     if i >= todo.len() || stop.load(Ordering::Relaxed) {
@@ -1143,7 +1164,7 @@ fn write_in_order(
                     let t0 = std::time::Instant::now();
                     let lines: Vec<RunLines> = todo[i..end]
                         .iter()
-                        .map(|r| render_run(plan, r, rounds))
+                        .map(|r| render_run(plan, r, rounds, &mut reuse))
                         .collect();
                     // (Growing at most twofold, so that a streak of instant runs, such as
                     // invalid points, does not hand one worker a long block of slow ones.)
