@@ -14,7 +14,7 @@
 
 use super::manifest;
 use super::output::write_atomic;
-use super::table::{complete_lines, fnv1a64, Table};
+use super::table::{complete_lines, fnv1a64_from, Table, FNV_START};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
@@ -425,9 +425,10 @@ pub struct Point {
     pub params: Vec<String>,
     /// The checked scenario, or why this combination is invalid.
     pub scenario: Result<sim::Checked, String>,
-    /// Canonical TOML of the point (the scenario re-serialised with every default filled in, or
-    /// the edited table when it does not deserialise).
-    pub canonical: String,
+    /// FNV-1a 64 state after the point's canonical TOML (the scenario re-serialised with every
+    /// default filled in, or the edited table when it does not deserialise); the text itself
+    /// is not kept ([`canonical_text`] builds it again).
+    pub canonical_fnv: u64,
     /// Best-effort identity for rows of invalid points.
     pub name: String,
     pub policy: String,
@@ -441,7 +442,8 @@ pub struct RunRef {
     pub run_id: usize,
     pub point: usize,
     pub replicate: u32,
-    pub point_id: String,
+    /// [`point_id`]: written in hex (16 digits) in the `point_id` column.
+    pub point_id: u64,
 }
 
 #[derive(Debug)]
@@ -522,7 +524,7 @@ pub fn concretise(base: &toml::Table, sets: &[(&str, &toml::Value)]) -> Point {
     Point {
         params: Vec::new(),
         scenario,
-        canonical,
+        canonical_fnv: fnv1a64_from(FNV_START, canonical.as_bytes()),
         name,
         policy,
         workload,
@@ -530,12 +532,39 @@ pub fn concretise(base: &toml::Table, sets: &[(&str, &toml::Value)]) -> Point {
     }
 }
 
-/// The point id of a run: stable hash of the canonical scenario and the replicate index.
-pub fn point_id(canonical: &str, replicate: u32) -> String {
-    format!(
-        "{:016x}",
-        fnv1a64(format!("{canonical}\nreplicate = {replicate}\n").as_bytes())
+/// The point id of a run: stable hash (FNV-1a 64) of the canonical scenario and the replicate
+/// index, `canonical\nreplicate = N\n`; `canonical_fnv` is the state after the canonical text.
+pub fn point_id(canonical_fnv: u64, replicate: u32) -> u64 {
+    fnv1a64_from(
+        canonical_fnv,
+        format!("\nreplicate = {replicate}\n").as_bytes(),
     )
+}
+
+/// The canonical TOML of point `k` of `spec`'s plan, whose hash its point ids continue.
+pub fn canonical_text(spec: &SweepSpec, plan: &Plan, k: usize) -> String {
+    match &plan.points[k].scenario {
+        Ok(ck) => ck.scenario.to_toml(),
+        Err(_) => {
+            let idx = point_digits(spec, k);
+            let mut t = spec.base.clone();
+            for (a, &i) in spec.axes.iter().zip(&idx) {
+                let _ = set_path(&mut t, &a.path, a.values[i].1.clone());
+            }
+            toml::to_string(&t).unwrap_or_default()
+        }
+    }
+}
+
+/// Point `k`'s value index on each axis: the mixed-radix digits of `k` (last axis fastest).
+fn point_digits(spec: &SweepSpec, k: usize) -> Vec<usize> {
+    let mut idx = vec![0usize; spec.axes.len()];
+    let mut rest = k;
+    for (d, a) in spec.axes.iter().enumerate().rev() {
+        idx[d] = rest % a.values.len();
+        rest /= a.values.len();
+    }
+    idx
 }
 
 /// Expand a spec into its plan (cartesian product; the last axis varies fastest).
@@ -553,12 +582,7 @@ pub fn expand(spec: &SweepSpec) -> Result<Plan> {
     let points: Vec<Point> = (0..n_points)
         .into_par_iter()
         .map(|k| {
-            let mut idx = vec![0usize; spec.axes.len()];
-            let mut rest = k;
-            for (d, a) in spec.axes.iter().enumerate().rev() {
-                idx[d] = rest % a.values.len();
-                rest /= a.values.len();
-            }
+            let idx = point_digits(spec, k);
             let sets: Vec<(&str, &toml::Value)> = spec
                 .axes
                 .iter()
@@ -582,20 +606,22 @@ pub fn expand(spec: &SweepSpec) -> Result<Plan> {
                 run_id: runs.len(),
                 point: pi,
                 replicate: r,
-                point_id: point_id(&p.canonical, r),
+                point_id: point_id(p.canonical_fnv, r),
             });
         }
     }
-    let mut all = String::new();
+    // The hash of every run's point id in hex, then the axis paths, in one text (hashed as it
+    // goes rather than written out: 16 bytes a run adds up in a plan of millions).
+    let mut h = FNV_START;
     for r in &runs {
-        all.push_str(&r.point_id);
+        h = fnv1a64_from(h, format!("{:016x}", r.point_id).as_bytes());
     }
     for a in &spec.axes {
-        all.push_str(&a.path);
+        h = fnv1a64_from(h, a.path.as_bytes());
     }
     Ok(Plan {
         points,
-        plan_id: format!("{:016x}", fnv1a64(all.as_bytes())),
+        plan_id: format!("{h:016x}"),
         runs,
         param_names: spec.axes.iter().map(|a| a.path.clone()).collect(),
     })
@@ -702,7 +728,10 @@ fn render_run(plan: &Plan, r: &RunRef, rounds: bool, reuse: &mut Reusable) -> Ru
         }
     }
     runs.push(',');
-    runs.push_str(&r.point_id);
+    {
+        use std::fmt::Write as _;
+        let _ = write!(runs, "{:016x}", r.point_id);
+    }
     runs.push(',');
     if let Ok(ck) = &p.scenario {
         metrics::push_f64(&mut runs, ck.workload.nominal_rate_pps());
@@ -743,8 +772,8 @@ pub fn parse_shard(s: &str) -> Result<(u64, u64)> {
 }
 
 /// Whether a run belongs to shard `i` of `n`.
-pub fn in_shard(point_id: &str, (i, n): (u64, u64)) -> bool {
-    u64::from_str_radix(point_id, 16).unwrap_or(0) % n == i - 1
+pub fn in_shard(point_id: u64, (i, n): (u64, u64)) -> bool {
+    point_id % n == i - 1
 }
 
 /// An exclusive claim on an output directory, so that two sweeps (say, two array tasks given the
@@ -892,7 +921,13 @@ fn prepare_dir(
             .parse()
             .with_context(|| format!("{}: bad run_id `{}`", runs_p.display(), row[0]))?;
         let pid_col = RUNS_HEADER.len();
-        if plan.runs.get(id).map(|r| r.point_id.as_str()) != Some(row[pid_col].as_str()) {
+        if plan
+            .runs
+            .get(id)
+            .map(|r| format!("{:016x}", r.point_id))
+            .as_deref()
+            != Some(row[pid_col].as_str())
+        {
             bail!(
                 "{}: run {id} does not match this plan; pass --fresh to start over",
                 runs_p.display()
@@ -993,7 +1028,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
             .get(id)
             .with_context(|| format!("--show: run id {id} is outside 0..{}", plan.runs.len()))?;
         let p = &plan.points[r.point];
-        print!("{}", p.canonical);
+        print!("{}", canonical_text(&spec, &plan, r.point));
         if r.replicate > 0 {
             println!(
                 "# replicate {} (migsim run --replicate {})",
@@ -1023,7 +1058,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
         let selected = plan
             .runs
             .iter()
-            .filter(|r| shard.is_none_or(|s| in_shard(&r.point_id, s)))
+            .filter(|r| shard.is_none_or(|s| in_shard(r.point_id, s)))
             .count();
         println!(
             "sweep {}: {} points × {} replicates = {} runs ({} in this shard), {} invalid points, plan {}",
@@ -1056,13 +1091,13 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
     let todo: Vec<&RunRef> = plan
         .runs
         .iter()
-        .filter(|r| shard.is_none_or(|s| in_shard(&r.point_id, s)))
+        .filter(|r| shard.is_none_or(|s| in_shard(r.point_id, s)))
         .filter(|r| !done.contains(&r.run_id))
         .collect();
     let selected = plan
         .runs
         .iter()
-        .filter(|r| shard.is_none_or(|s| in_shard(&r.point_id, s)))
+        .filter(|r| shard.is_none_or(|s| in_shard(r.point_id, s)))
         .count();
     let started = std::time::SystemTime::now();
     let mut man = manifest::Manifest::new(&spec, &plan, shard, selected, rounds);
@@ -1392,7 +1427,7 @@ mod tests {
             count += plan
                 .runs
                 .iter()
-                .filter(|r| in_shard(&r.point_id, (i, 3)))
+                .filter(|r| in_shard(r.point_id, (i, 3)))
                 .count();
         }
         assert_eq!(count, plan.runs.len());
