@@ -418,22 +418,16 @@ pub fn set_path(root: &mut toml::Table, path: &str, value: toml::Value) -> Resul
 // ---------------------------------------------------------------------------------------------
 // Plan
 
-/// One concrete scenario of the sweep.
+/// One concrete scenario of the sweep. (Its axis labels and, for rows of a failed point, its
+/// identity are found again from the plan: [`Plan::params`], [`Plan::identity`].)
 #[derive(Debug)]
 pub struct Point {
-    /// `param_*` column values, in axis order.
-    pub params: Vec<String>,
     /// The checked scenario, or why this combination is invalid.
     pub scenario: Result<sim::Checked, String>,
     /// FNV-1a 64 state after the point's canonical TOML (the scenario re-serialised with every
     /// default filled in, or the edited table when it does not deserialise); the text itself
     /// is not kept ([`canonical_text`] builds it again).
     pub canonical_fnv: u64,
-    /// Best-effort identity for rows of invalid points.
-    pub name: String,
-    pub policy: String,
-    pub workload: String,
-    pub seed: String,
 }
 
 /// One simulation to run: a point and a replicate index.
@@ -453,6 +447,9 @@ pub struct Plan {
     pub param_names: Vec<String>,
     /// Hash of every run's point id in order: two plans with the same id produce the same rows.
     pub plan_id: String,
+    /// The spec's base table and axes, which every point's table is built from.
+    pub base: toml::Table,
+    pub axes: Vec<Axis>,
 }
 
 impl Plan {
@@ -467,34 +464,60 @@ impl Plan {
     pub fn invalid_points(&self) -> usize {
         self.points.iter().filter(|p| p.scenario.is_err()).count()
     }
+
+    /// Point `k`'s value index on each axis: the mixed-radix digits of `k` (last axis fastest).
+    fn digits(&self, k: usize) -> Vec<usize> {
+        point_digits(&self.axes, k)
+    }
+
+    /// Point `k`'s `param_*` labels, in axis order.
+    pub fn params(&self, k: usize) -> impl Iterator<Item = &str> {
+        (self.axes.iter().zip(self.digits(k))).map(|(a, i)| a.values[i].0.as_str())
+    }
+
+    /// Point `k`'s table, and the first axis value that could not be set in it.
+    fn table(&self, k: usize) -> (toml::Table, Option<String>) {
+        let idx = self.digits(k);
+        let sets: Vec<(&str, &toml::Value)> = (self.axes.iter().zip(&idx))
+            .map(|(a, &i)| (a.path.as_str(), &a.values[i].1))
+            .collect();
+        point_table(&self.base, &sets)
+    }
+
+    /// Best-effort identity of point `k` for the row of a run that failed: its `name`,
+    /// `policy.kind`, `workload.kind` and `seed` as its table gives them.
+    pub fn identity(&self, k: usize) -> [String; 4] {
+        let (t, _) = self.table(k);
+        let s = |k: &str| -> String {
+            let mut cur = Some(&t);
+            let segs: Vec<&str> = k.split('.').collect();
+            for seg in &segs[..segs.len() - 1] {
+                cur = cur.and_then(|c| c.get(*seg)).and_then(|v| v.as_table());
+            }
+            cur.and_then(|c| c.get(segs[segs.len() - 1]))
+                .map(render_value)
+                .unwrap_or_default()
+        };
+        [s("name"), s("policy.kind"), s("workload.kind"), s("seed")]
+    }
+}
+
+/// The table of a point: `base` with each of `sets` set, and the first that could not be.
+fn point_table(base: &toml::Table, sets: &[(&str, &toml::Value)]) -> (toml::Table, Option<String>) {
+    let mut t = base.clone();
+    let mut err = None;
+    for (path, v) in sets {
+        if let Err(e) = set_path(&mut t, path, (*v).clone()) {
+            err.get_or_insert(format!("{path}: {e}"));
+        }
+    }
+    (t, err)
 }
 
 /// Build the concrete scenario of one point from the base table and axis values.
 pub fn concretise(base: &toml::Table, sets: &[(&str, &toml::Value)]) -> Point {
-    // The point's table, and the first value that could not be set.
-    let build = || {
-        let mut t = base.clone();
-        let mut err = None;
-        for (path, v) in sets {
-            if let Err(e) = set_path(&mut t, path, (*v).clone()) {
-                err.get_or_insert(format!("{path}: {e}"));
-            }
-        }
-        (t, err)
-    };
+    let build = || point_table(base, sets);
     let (t, err) = build();
-    let s = |k: &str| -> String {
-        let mut cur = Some(&t);
-        let segs: Vec<&str> = k.split('.').collect();
-        for seg in &segs[..segs.len() - 1] {
-            cur = cur.and_then(|c| c.get(*seg)).and_then(|v| v.as_table());
-        }
-        cur.and_then(|c| c.get(segs[segs.len() - 1]))
-            .map(render_value)
-            .unwrap_or_default()
-    };
-    let (name, policy, workload, seed) =
-        (s("name"), s("policy.kind"), s("workload.kind"), s("seed"));
     // The table is read as it stands; only a point that fails is written out as text (the
     // line numbers of a message refer to it, and `--show` prints it), from its table built
     // again.
@@ -522,13 +545,8 @@ pub fn concretise(base: &toml::Table, sets: &[(&str, &toml::Value)]) -> Point {
         Err(_) => text(),
     };
     Point {
-        params: Vec::new(),
         scenario,
         canonical_fnv: fnv1a64_from(FNV_START, canonical.as_bytes()),
-        name,
-        policy,
-        workload,
-        seed,
     }
 }
 
@@ -541,26 +559,20 @@ pub fn point_id(canonical_fnv: u64, replicate: u32) -> u64 {
     )
 }
 
-/// The canonical TOML of point `k` of `spec`'s plan, whose hash its point ids continue.
-pub fn canonical_text(spec: &SweepSpec, plan: &Plan, k: usize) -> String {
+/// The canonical TOML of point `k` of `plan`, whose hash its point ids continue.
+pub fn canonical_text(plan: &Plan, k: usize) -> String {
     match &plan.points[k].scenario {
         Ok(ck) => ck.scenario.to_toml(),
-        Err(_) => {
-            let idx = point_digits(spec, k);
-            let mut t = spec.base.clone();
-            for (a, &i) in spec.axes.iter().zip(&idx) {
-                let _ = set_path(&mut t, &a.path, a.values[i].1.clone());
-            }
-            toml::to_string(&t).unwrap_or_default()
-        }
+        Err(_) => toml::to_string(&plan.table(k).0).unwrap_or_default(),
     }
 }
 
-/// Point `k`'s value index on each axis: the mixed-radix digits of `k` (last axis fastest).
-fn point_digits(spec: &SweepSpec, k: usize) -> Vec<usize> {
-    let mut idx = vec![0usize; spec.axes.len()];
+/// Point `k`'s value index on each of `axes`: the mixed-radix digits of `k` (last axis
+/// fastest).
+fn point_digits(axes: &[Axis], k: usize) -> Vec<usize> {
+    let mut idx = vec![0usize; axes.len()];
     let mut rest = k;
-    for (d, a) in spec.axes.iter().enumerate().rev() {
+    for (d, a) in axes.iter().enumerate().rev() {
         idx[d] = rest % a.values.len();
         rest /= a.values.len();
     }
@@ -582,21 +594,14 @@ pub fn expand(spec: &SweepSpec) -> Result<Plan> {
     let points: Vec<Point> = (0..n_points)
         .into_par_iter()
         .map(|k| {
-            let idx = point_digits(spec, k);
+            let idx = point_digits(&spec.axes, k);
             let sets: Vec<(&str, &toml::Value)> = spec
                 .axes
                 .iter()
                 .zip(&idx)
                 .map(|(a, &i)| (a.path.as_str(), &a.values[i].1))
                 .collect();
-            let mut p = concretise(&spec.base, &sets);
-            p.params = spec
-                .axes
-                .iter()
-                .zip(&idx)
-                .map(|(a, &i)| a.values[i].0.clone())
-                .collect();
-            p
+            concretise(&spec.base, &sets)
         })
         .collect();
     let mut runs = Vec::with_capacity(n_points * spec.replicates as usize);
@@ -624,6 +629,8 @@ pub fn expand(spec: &SweepSpec) -> Result<Plan> {
         plan_id: format!("{h:016x}"),
         runs,
         param_names: spec.axes.iter().map(|a| a.path.clone()).collect(),
+        base: spec.base.clone(),
+        axes: spec.axes.clone(),
     })
 }
 
@@ -707,12 +714,13 @@ fn render_run(plan: &Plan, r: &RunRef, rounds: bool, reuse: &mut Reusable) -> Ru
                     row[i] = v;
                 }
             };
+            let [name, policy, workload, seed] = plan.identity(r.point);
             put("run_id", r.run_id.to_string());
             put("backend", "sim".into());
-            put("scenario", csv_field(&p.name));
-            put("policy", csv_field(&p.policy));
-            put("workload", csv_field(&p.workload));
-            put("seed", csv_field(&p.seed));
+            put("scenario", csv_field(&name));
+            put("policy", csv_field(&policy));
+            put("workload", csv_field(&workload));
+            put("seed", csv_field(&seed));
             put("replicate", r.replicate.to_string());
             put(
                 "status",
@@ -736,7 +744,7 @@ fn render_run(plan: &Plan, r: &RunRef, rounds: bool, reuse: &mut Reusable) -> Ru
     if let Ok(ck) = &p.scenario {
         metrics::push_f64(&mut runs, ck.workload.nominal_rate_pps());
     }
-    for v in &p.params {
+    for v in plan.params(r.point) {
         runs.push(',');
         metrics::push_field(&mut runs, v);
     }
@@ -1028,7 +1036,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
             .get(id)
             .with_context(|| format!("--show: run id {id} is outside 0..{}", plan.runs.len()))?;
         let p = &plan.points[r.point];
-        print!("{}", canonical_text(&spec, &plan, r.point));
+        print!("{}", canonical_text(&plan, r.point));
         if r.replicate > 0 {
             println!(
                 "# replicate {} (migsim run --replicate {})",
@@ -1072,7 +1080,8 @@ pub fn run(a: SweepArgs) -> Result<ExitCode> {
         );
         for (i, p) in plan.points.iter().enumerate() {
             if let Err(e) = &p.scenario {
-                println!("  point {i} [{}]: {e}", p.params.join(", "));
+                let params: Vec<&str> = plan.params(i).collect();
+                println!("  point {i} [{}]: {e}", params.join(", "));
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -1309,8 +1318,8 @@ mod tests {
         let plan = expand(&s).unwrap();
         assert_eq!(plan.points.len(), 6);
         assert_eq!(plan.runs.len(), 12);
-        assert_eq!(plan.points[1].params, vec!["1 Gbit/s", "2"]);
-        assert_eq!(plan.points[3].params, vec!["10 Gbit/s", "1"]);
+        assert_eq!(plan.params(1).collect::<Vec<_>>(), ["1 Gbit/s", "2"]);
+        assert_eq!(plan.params(3).collect::<Vec<_>>(), ["10 Gbit/s", "1"]);
     }
 
     #[test]
