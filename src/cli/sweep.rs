@@ -1407,6 +1407,41 @@ mod tests {
     }
 
     #[test]
+    fn a_point_s_labels_and_identity_are_found_again_from_the_plan() {
+        let plan = expand(&spec(
+            "\"vm.vcpus\" = [0, 2]\n\"policy.kind\" = [\"qemu\", \"xen-v2\"]\nseed = [5, 6]",
+        ))
+        .unwrap();
+        assert_eq!(plan.points.len(), 8);
+        // Point 3: vcpus 0 (invalid), xen-v2, seed 6.
+        assert!(plan.points[3].scenario.is_err());
+        assert_eq!(plan.params(3).collect::<Vec<_>>(), ["0", "xen-v2", "6"]);
+        let base = Scenario::default_scenario();
+        assert_eq!(
+            plan.identity(3),
+            [
+                base.name.clone(),
+                "xen-v2".into(),
+                base.workload.kind_name().into(),
+                "6".into()
+            ]
+        );
+        assert_eq!(plan.identity(4)[1], "qemu");
+        // The canonical text of a failed point is its table's, and its hash the point's.
+        let text = canonical_text(&plan, 3);
+        assert!(text.contains("vcpus = 0"), "{text}");
+        assert_eq!(
+            plan.points[3].canonical_fnv,
+            fnv1a64_from(FNV_START, text.as_bytes())
+        );
+        let ok = canonical_text(&plan, 4);
+        assert_eq!(
+            plan.points[4].canonical_fnv,
+            fnv1a64_from(FNV_START, ok.as_bytes())
+        );
+    }
+
+    #[test]
     fn point_ids_depend_on_content_not_position() {
         let a = expand(&spec("\"vm.vcpus\" = [1, 2]")).unwrap();
         let b = expand(&spec("\"vm.vcpus\" = [2, 1]")).unwrap();
