@@ -554,27 +554,43 @@ impl Scenario {
             #[serde(skip_serializing_if = "Option::is_none")]
             calibration: &'a Option<std::path::PathBuf>,
         }
+        // (Every field by name: a new one does not compile until it is written out here too.)
+        let Scenario {
+            name,
+            seed,
+            vm,
+            workload,
+            link,
+            switchover,
+            dirty_log,
+            policy,
+            limits,
+            transfer,
+            migration,
+            mode,
+            calibration,
+        } = self;
         let head = Head {
-            name: &self.name,
-            seed: self.seed,
-            mode: self.mode,
-            calibration: &self.calibration,
+            name,
+            seed: *seed,
+            mode: *mode,
+            calibration,
         };
         let mut parts: Vec<(&'static str, &dyn erased::Ser)> = vec![
             ("", &head),
-            ("vm", &self.vm),
-            ("workload", &self.workload),
-            ("link", &self.link),
-            ("switchover", &self.switchover),
-            ("dirty_log", &self.dirty_log),
-            ("policy", &self.policy),
-            ("limits", &self.limits),
+            ("vm", vm),
+            ("workload", workload),
+            ("link", link),
+            ("switchover", switchover),
+            ("dirty_log", dirty_log),
+            ("policy", policy),
+            ("limits", limits),
         ];
-        if !self.transfer.is_plain() {
-            parts.push(("transfer", &self.transfer));
+        if !transfer.is_plain() {
+            parts.push(("transfer", transfer));
         }
-        if !self.migration.is_live() {
-            parts.push(("migration", &self.migration));
+        if !migration.is_live() {
+            parts.push(("migration", migration));
         }
         TOML_PARTS.with(|c| {
             let mut c = c.borrow_mut();
