@@ -698,7 +698,9 @@ fn render_run(plan: &Plan, r: &RunRef, rounds: bool, reuse: &mut Reusable) -> Ru
             } else {
                 (simulate_run_report(plan, r), Vec::new())
             };
-            if let (true, Ok(report)) = (same, &report) {
+            // (Kept only when the next run in the plan is another replicate of the point.)
+            let next_same = (plan.runs.get(r.run_id + 1)).is_some_and(|n| n.point == r.point);
+            if let (true, true, Ok(report)) = (same, next_same, &report) {
                 *reuse = Some((r.point, report.clone(), records.clone()));
             }
             (report, records)
