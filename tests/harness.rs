@@ -201,16 +201,22 @@ fn resuming_with_a_different_spec_is_refused() {
     ok(&sweep(d.path(), "out", &["--fresh"]));
 }
 
+/// Write `spec.toml` in `d` as [`SPEC`] with a `mode` axis of `modes`; returns its text.
+fn spec_with_modes(d: &Path, modes: &str) -> String {
+    let spec = SPEC.replace(
+        "policy = \"all\"\n",
+        &format!("policy = \"all\"\nmode = [{modes}]\n"),
+    );
+    assert_ne!(spec, SPEC);
+    std::fs::write(d.join("spec.toml"), &spec).unwrap();
+    spec
+}
+
 #[test]
 fn a_sweep_without_rounds_writes_the_same_runs_and_no_rounds_csv() {
     // Exact and fluid points both: fluid runs do not even build their round records.
     let d = setup();
-    let spec = SPEC.replace(
-        "policy = \"all\"\n",
-        "policy = \"all\"\nmode = [\"exact\", \"fluid\"]\n",
-    );
-    assert_ne!(spec, SPEC);
-    std::fs::write(d.path().join("spec.toml"), &spec).unwrap();
+    let spec = spec_with_modes(d.path(), "\"exact\", \"fluid\"");
     let off = spec.replace("replicates = 2\n", "replicates = 2\nrounds = false\n");
     assert_ne!(off, spec);
     std::fs::write(d.path().join("spec-off.toml"), off).unwrap();
@@ -259,12 +265,7 @@ fn the_replicates_of_a_fluid_point_give_its_one_result() {
     // A sweep simulates a fluid point once and gives its result to every replicate: the rows
     // must be those of the point run on its own, with each replicate's index.
     let d = setup();
-    let spec = SPEC.replace(
-        "policy = \"all\"\n",
-        "policy = \"all\"\nmode = [\"fluid\", \"exact\"]\n",
-    );
-    assert_ne!(spec, SPEC);
-    std::fs::write(d.path().join("spec.toml"), &spec).unwrap();
+    let spec = spec_with_modes(d.path(), "\"fluid\", \"exact\"");
     std::fs::write(
         d.path().join("one.toml"),
         spec.replace("replicates = 2", "replicates = 1"),

@@ -2181,9 +2181,10 @@ impl Rounds {
         }
     }
 
-    /// Repeat the records from `from` on `n` more times, `per` rounds and `period` ns apart.
-    fn repeat_tail(&mut self, from: usize, n: u64, per: usize, period: f64) {
-        self.n += n as usize * (self.n - from);
+    /// Repeat the records from `from` on `n` more times, `period` ns apart.
+    fn repeat_tail(&mut self, from: usize, n: u64, period: f64) {
+        let per = self.n - from;
+        self.n += n as usize * per;
         if !self.keep {
             return;
         }
@@ -2537,7 +2538,7 @@ pub(crate) fn run(
                     };
                     if n > 0 {
                         let nf = n as f64;
-                        rounds.repeat_tail(prev.rounds, n, per_round, period);
+                        rounds.repeat_tail(prev.rounds, n, period);
                         if f.sweep.lay.pieces.len() == 1 && now.x0 != prev.x0 {
                             // One piece over all of memory: only where the sweep starts
                             // relative to the scans' heads tells iterations apart.

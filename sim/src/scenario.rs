@@ -902,6 +902,23 @@ fn nonneg(v: f64, path: &str, unit: &str, errs: &mut Vec<FieldError>) {
 mod table_tests {
     use super::*;
 
+    /// The text of every scenario file shipped under `scenarios/` that reads as a scenario.
+    fn shipped_scenarios() -> Vec<String> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let (mut files, mut texts) = (vec![root.join("scenarios")], Vec::new());
+        while let Some(p) = files.pop() {
+            if p.is_dir() {
+                files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            } else if p.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                if Scenario::from_toml_str(&text).is_ok() {
+                    texts.push(text);
+                }
+            }
+        }
+        texts
+    }
+
     /// Both ways of reading `t`: as it stands, and as its text.
     fn both(t: &toml::Table) -> (Option<Scenario>, Option<Scenario>) {
         let text = toml::to_string(t).expect("a table serialises");
@@ -916,18 +933,9 @@ mod table_tests {
         // Every shipped scenario file, then variations of each table in turn (so that each
         // table's text is remembered, reused and replaced), in an order where neighbours share
         // most of their tables, as the points of a sweep do.
-        let mut all: Vec<Scenario> = Vec::new();
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut files = vec![root.join("scenarios")];
-        while let Some(p) = files.pop() {
-            if p.is_dir() {
-                files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
-            } else if p.extension().is_some_and(|e| e == "toml") {
-                if let Ok(s) = Scenario::from_toml_str(&std::fs::read_to_string(&p).unwrap()) {
-                    all.push(s);
-                }
-            }
-        }
+        let mut all: Vec<Scenario> = (shipped_scenarios().iter())
+            .map(|t| Scenario::from_toml_str(t).unwrap())
+            .collect();
         let base = Scenario::default_scenario();
         for (i, p) in crate::policy::PolicySpec::all_defaults()
             .into_iter()
@@ -970,7 +978,7 @@ mod table_tests {
         for (i, s) in all.iter().enumerate() {
             assert_eq!(s.to_toml_cached(), s.to_toml(), "scenario {i}");
         }
-        // The shipped files hold transfer options and other kinds of move.
+        // (The scenarios include transfer options and another kind of move.)
         assert!(all.iter().any(|s| !s.transfer.is_plain()));
         assert!(all.iter().any(|s| !s.migration.is_live()));
     }
@@ -979,19 +987,9 @@ mod table_tests {
     fn a_table_reads_as_its_text_does() {
         // Every scenario file shipped, every default policy and every workload kind, and
         // tables broken in the ways sweep axes break them.
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut tables: Vec<toml::Table> = Vec::new();
-        let mut files = vec![root.join("scenarios")];
-        while let Some(p) = files.pop() {
-            if p.is_dir() {
-                files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
-            } else if p.extension().is_some_and(|e| e == "toml") {
-                let text = std::fs::read_to_string(&p).unwrap();
-                if Scenario::from_toml_str(&text).is_ok() {
-                    tables.push(toml::from_str(&text).unwrap());
-                }
-            }
-        }
+        let mut tables: Vec<toml::Table> = (shipped_scenarios().iter())
+            .map(|t| toml::from_str(t).unwrap())
+            .collect();
         assert!(tables.len() >= 20, "only {} scenario files", tables.len());
         let base = Scenario::default_scenario();
         for p in crate::policy::PolicySpec::all_defaults() {

@@ -444,7 +444,6 @@ pub struct RunRef {
 pub struct Plan {
     pub points: Vec<Point>,
     pub runs: Vec<RunRef>,
-    pub param_names: Vec<String>,
     /// Hash of every run's point id in order: two plans with the same id produce the same rows.
     pub plan_id: String,
     /// The spec's base table and axes, which every point's table is built from.
@@ -458,30 +457,21 @@ impl Plan {
             .iter()
             .chain(HARNESS_COLUMNS)
             .map(|s| s.to_string())
-            .chain(self.param_names.iter().map(|p| format!("param_{p}")))
+            .chain(self.axes.iter().map(|a| format!("param_{}", a.path)))
             .collect()
     }
     pub fn invalid_points(&self) -> usize {
         self.points.iter().filter(|p| p.scenario.is_err()).count()
     }
 
-    /// Point `k`'s value index on each axis: the mixed-radix digits of `k` (last axis fastest).
-    fn digits(&self, k: usize) -> Vec<usize> {
-        point_digits(&self.axes, k)
-    }
-
     /// Point `k`'s `param_*` labels, in axis order.
     pub fn params(&self, k: usize) -> impl Iterator<Item = &str> {
-        (self.axes.iter().zip(self.digits(k))).map(|(a, i)| a.values[i].0.as_str())
+        (self.axes.iter().zip(point_digits(&self.axes, k))).map(|(a, i)| a.values[i].0.as_str())
     }
 
     /// Point `k`'s table, and the first axis value that could not be set in it.
     fn table(&self, k: usize) -> (toml::Table, Option<String>) {
-        let idx = self.digits(k);
-        let sets: Vec<(&str, &toml::Value)> = (self.axes.iter().zip(&idx))
-            .map(|(a, &i)| (a.path.as_str(), &a.values[i].1))
-            .collect();
-        point_table(&self.base, &sets)
+        point_table(&self.base, &point_sets(&self.axes, k))
     }
 
     /// Best-effort identity of point `k` for the row of a run that failed: its `name`,
@@ -579,6 +569,18 @@ fn point_digits(axes: &[Axis], k: usize) -> Vec<usize> {
     idx
 }
 
+/// Point `k`'s value on each of `axes`, with the axis path it sets.
+fn point_sets(axes: &[Axis], k: usize) -> Vec<(&str, &toml::Value)> {
+    (axes.iter().zip(point_digits(axes, k)))
+        .map(|(a, i)| (a.path.as_str(), &a.values[i].1))
+        .collect()
+}
+
+/// A run's point id as the `point_id` column writes it (16 hex digits).
+fn point_id_hex(id: u64) -> String {
+    format!("{id:016x}")
+}
+
 /// Expand a spec into its plan (cartesian product; the last axis varies fastest).
 pub fn expand(spec: &SweepSpec) -> Result<Plan> {
     let n_points = spec
@@ -593,16 +595,7 @@ pub fn expand(spec: &SweepSpec) -> Result<Plan> {
     use rayon::prelude::*;
     let points: Vec<Point> = (0..n_points)
         .into_par_iter()
-        .map(|k| {
-            let idx = point_digits(&spec.axes, k);
-            let sets: Vec<(&str, &toml::Value)> = spec
-                .axes
-                .iter()
-                .zip(&idx)
-                .map(|(a, &i)| (a.path.as_str(), &a.values[i].1))
-                .collect();
-            concretise(&spec.base, &sets)
-        })
+        .map(|k| concretise(&spec.base, &point_sets(&spec.axes, k)))
         .collect();
     let mut runs = Vec::with_capacity(n_points * spec.replicates as usize);
     for (pi, p) in points.iter().enumerate() {
@@ -619,7 +612,7 @@ pub fn expand(spec: &SweepSpec) -> Result<Plan> {
     // goes rather than written out: 16 bytes a run adds up in a plan of millions).
     let mut h = FNV_START;
     for r in &runs {
-        h = fnv1a64_from(h, format!("{:016x}", r.point_id).as_bytes());
+        h = fnv1a64_from(h, point_id_hex(r.point_id).as_bytes());
     }
     for a in &spec.axes {
         h = fnv1a64_from(h, a.path.as_bytes());
@@ -628,7 +621,6 @@ pub fn expand(spec: &SweepSpec) -> Result<Plan> {
         points,
         plan_id: format!("{h:016x}"),
         runs,
-        param_names: spec.axes.iter().map(|a| a.path.clone()).collect(),
         base: spec.base.clone(),
         axes: spec.axes.clone(),
     })
@@ -738,10 +730,7 @@ fn render_run(plan: &Plan, r: &RunRef, rounds: bool, reuse: &mut Reusable) -> Ru
         }
     }
     runs.push(',');
-    {
-        use std::fmt::Write as _;
-        let _ = write!(runs, "{:016x}", r.point_id);
-    }
+    runs.push_str(&point_id_hex(r.point_id));
     runs.push(',');
     if let Ok(ck) = &p.scenario {
         metrics::push_f64(&mut runs, ck.workload.nominal_rate_pps());
@@ -934,7 +923,7 @@ fn prepare_dir(
         if plan
             .runs
             .get(id)
-            .map(|r| format!("{:016x}", r.point_id))
+            .map(|r| point_id_hex(r.point_id))
             .as_deref()
             != Some(row[pid_col].as_str())
         {
