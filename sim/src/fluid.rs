@@ -29,8 +29,10 @@ use drift::{Consult, Drift, IterLog, LoopVars, ObsCtx, ObsSrc, RecSrc, RoundSrc}
 
 const MAX_ROUNDS: u32 = 100_000;
 const MIN_SYNC_NS: f64 = 1_000.0;
-/// Zipf ranks kept as single pages before buckets grow geometrically.
-const ZIPF_EXACT_RANKS: u64 = 16;
+/// Zipf ranks kept as single pages before buckets grow geometrically. (The first buckets split
+/// into runs of whole ranks, see [`rank_parts`], so they count as their ranks do: single-rank
+/// buckets would only add segments for every step to go through.)
+const ZIPF_EXACT_RANKS: u64 = 1;
 /// Growth ratio of Zipf rank buckets beyond the exact ranks. Each bucket's distinct-page curve
 /// is a mixture over [`MIX_PARTS`] parts of it, so wide buckets count as their ranks do (with
 /// uniform buckets, a ratio of 1.3 was needed for the same agreement with the exact engine;
@@ -220,10 +222,10 @@ fn class_segments(c: &Class, phase: usize, analytic: bool, out: &mut Vec<Seg>) {
     }
 }
 
-/// Zipf rank buckets as (pages, share of the writes, distinct-page curve): single ranks first,
-/// then buckets growing by [`ZIPF_BUCKET_RATIO`]. Within a bucket the probability varies by up
-/// to that ratio to the power of the exponent; its curve splits it into parts growing by the
-/// ratio's [`MIX_PARTS`]-th root, each taken as uniform.
+/// Zipf rank buckets as (pages, share of the writes, distinct-page curve): the first
+/// [`ZIPF_EXACT_RANKS`] ranks singly, then buckets growing by [`ZIPF_BUCKET_RATIO`]. Within a
+/// bucket the probability varies by up to that ratio to the power of the exponent; its curve
+/// splits it into parts growing by the ratio's [`MIX_PARTS`]-th root, each taken as uniform.
 fn zipf_buckets(pages: u64, s: f64) -> Vec<(f64, f64, Curve)> {
     let mut bounds = Vec::new();
     let mut lo = 1u64;
@@ -271,7 +273,8 @@ fn zipf_buckets(pages: u64, s: f64) -> Vec<(f64, f64, Curve)> {
                 let mut parts = [(0.0, 0.0); MIX_PARTS];
                 // (`w`, the bucket's weight, is what its parts share.)
                 if l < 64 {
-                    let end = |j: usize| (at(j).round() as u64).clamp(l, h + 1);
+                    let ends = rank_parts(l, h);
+                    let end = |j: usize| ends[j];
                     for (j, p) in parts.iter_mut().enumerate() {
                         let (x, y) = (end(j), end(j + 1));
                         if y > x {
@@ -292,6 +295,46 @@ fn zipf_buckets(pages: u64, s: f64) -> Vec<(f64, f64, Curve)> {
             ((h - l + 1) as f64, w / total, curve)
         })
         .collect()
+}
+
+/// Ends of [`MIX_PARTS`] runs of whole ranks splitting `l..=h` (`ends[j]..ends[j + 1]` is run
+/// `j`; some may be empty) so that the largest ratio of last to first rank within a run is as
+/// small as it can be: one rank per run when there are few enough, and otherwise the fewest
+/// runs lumping ranks written at rates far apart.
+fn rank_parts(l: u64, h: u64) -> [u64; MIX_PARTS + 1] {
+    // The greedy split into runs that span a ratio of at most `rho` each (None: it needs more
+    // than MIX_PARTS); the smallest `rho` that fits gives the split.
+    let split = |rho: f64| {
+        let mut ends = [h + 1; MIX_PARTS + 1];
+        ends[0] = l;
+        let (mut j, mut first) = (0, l);
+        for r in l + 1..=h {
+            if r as f64 > rho * first as f64 {
+                j += 1;
+                if j >= MIX_PARTS {
+                    return None;
+                }
+                ends[j] = r;
+                first = r;
+            }
+        }
+        Some(ends)
+    };
+    if let Some(ends) = split(1.0) {
+        return ends;
+    }
+    // Bisect between a ratio that needs too many runs and one that fits in one (the ratios of
+    // two ranks below 128 are at least 1/128² apart, far above the bracket left at the end).
+    let (mut lo, mut hi) = (1.0, h as f64 / l as f64);
+    for _ in 0..48 {
+        let mid = 0.5 * (lo + hi);
+        if split(mid).is_some() {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    split(hi).expect("the widest ratio fits one run")
 }
 
 /// Segments for a workload: every class of every phase, plus rate-0 segments for the memory no
@@ -2892,6 +2935,48 @@ mod sweep_tests {
                 worst_uniform > 5e-3,
                 "s = {s}: one uniform curve per bucket is already within {worst_uniform}"
             );
+        }
+    }
+
+    #[test]
+    fn the_first_buckets_split_into_runs_of_ranks_as_evenly_as_any_split_can() {
+        // Widest last ÷ first rank within one run of a split (empty runs span nothing).
+        let widest = |e: &[u64]| {
+            (e.windows(2))
+                .filter(|w| w[1] > w[0])
+                .map(|w| (w[1] - 1) as f64 / w[0] as f64)
+                .fold(1.0, f64::max)
+        };
+        for (l, h) in [
+            (2, 4),
+            (5, 10),
+            (11, 22),
+            (23, 46),
+            (47, 94),
+            (3, 3),
+            (40, 41),
+        ] {
+            let ends = rank_parts(l, h);
+            assert_eq!(
+                (ends[0], ends[MIX_PARTS]),
+                (l, h + 1),
+                "{l}..={h}: {ends:?}"
+            );
+            assert!(ends.windows(2).all(|w| w[1] >= w[0]), "{l}..={h}: {ends:?}");
+            if h - l < MIX_PARTS as u64 {
+                assert_eq!(widest(&ends), 1.0, "{l}..={h}: one rank per run, {ends:?}");
+            }
+            // Against every split into four runs (three inner ends).
+            assert_eq!(MIX_PARTS, 4, "the search below tries splits into four runs");
+            let mut best = f64::INFINITY;
+            for a in l..=h + 1 {
+                for b in a..=h + 1 {
+                    for c in b..=h + 1 {
+                        best = best.min(widest(&[l, a, b, c, h + 1]));
+                    }
+                }
+            }
+            assert_eq!(widest(&ends), best, "{l}..={h}: {ends:?}");
         }
     }
 
