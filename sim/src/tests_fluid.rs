@@ -705,7 +705,7 @@ fn fast_paths_change_nothing_on_random_scenarios() {
         .into_iter()
         .filter(|p| !matches!(p, PolicySpec::Postcopy(_)))
         .collect();
-    let mut ran = 0;
+    let (mut ran, mut knife_edge) = (0, Vec::new());
     for i in 0..1000 {
         let mem = [GIB / 4, GIB / 2, GIB, 2 * GIB][rng.gen_range(0..4)];
         let bw = [1e8, 3e8, 1e9, 2.5e9, 1e10][rng.gen_range(0..5)];
@@ -722,10 +722,38 @@ fn fast_paths_change_nothing_on_random_scenarios() {
         let fast = fluid::run(&ck, 0, false, true, true);
         let slow = fluid::run(&ck, 0, false, false, true);
         if let Err(e) = same(&fast, &slow) {
-            panic!(
-                "case {i}: the fast paths changed the result: {e}\n{}",
+            // A scenario on a knife's edge (a scan about as fast as the link, whose head and
+            // the sender keep passing each other) amplifies a last-bit difference in a sum
+            // taken in other steps until the results differ in earnest. Such a scenario is
+            // recognised by doing the same to it on purpose: the slow path with the link one
+            // ulp faster and one slower. The fast path's difference may be no larger than
+            // those (a logic error differs where a nudge changes nothing).
+            let gap = |a: &RunResult, b: &RunResult| -> f64 {
+                let (x, y) = (&a.report, &b.report);
+                [
+                    (x.total_time_ns, y.total_time_ns),
+                    (x.downtime_ns().unwrap_or(0), y.downtime_ns().unwrap_or(0)),
+                    (x.bytes_sent, y.bytes_sent),
+                    (x.final_pages, y.final_pages),
+                ]
+                .iter()
+                .map(|&(p, q)| p.abs_diff(q) as f64 / p.max(q).max(1) as f64)
+                .fold(0.0, f64::max)
+            };
+            let nudged = |bps: f64| {
+                let mut n = s.clone();
+                n.link.bandwidth = Bandwidth(bps);
+                fluid::run(&n.check().expect("valid"), 0, false, false, true)
+            };
+            let spread = gap(&slow, &nudged(bw.next_up())).max(gap(&slow, &nudged(bw.next_down())));
+            let d = gap(&fast, &slow);
+            assert!(
+                fast.report.status == slow.report.status && d <= 3.0 * spread,
+                "case {i}: the fast paths changed the result: {e} (relative {d:.2e}; a link one \
+                 ulp off moves it by {spread:.2e})\n{}",
                 toml::to_string(&s).unwrap_or_default()
             );
+            knife_edge.push(format!("case {i}: {d:.2e} against {spread:.2e}"));
         }
         let bare = fluid::run(&ck, 0, false, true, false);
         assert_eq!(
@@ -736,6 +764,17 @@ fn fast_paths_change_nothing_on_random_scenarios() {
     assert!(
         ran >= 900,
         "only {ran} of 1,000 random scenarios were valid"
+    );
+    if !knife_edge.is_empty() {
+        eprintln!(
+            "results of scenarios on a knife's edge, which a link one ulp off also moves: {}",
+            knife_edge.join("; ")
+        );
+    }
+    assert!(
+        knife_edge.len() <= ran / 100,
+        "{} of {ran} scenarios differ with the fast paths: {knife_edge:?}",
+        knife_edge.len()
     );
 }
 
