@@ -30,8 +30,9 @@ use drift::{Consult, Drift, IterLog, LoopVars, ObsCtx, ObsSrc, RecSrc, RoundSrc}
 const MAX_ROUNDS: u32 = 100_000;
 const MIN_SYNC_NS: f64 = 1_000.0;
 /// Zipf ranks kept as single pages before buckets grow geometrically. (The first buckets split
-/// into runs of whole ranks, see [`rank_parts`], so they count as their ranks do: single-rank
-/// buckets would only add segments for every step to go through.)
+/// into runs of whole ranks, see [`rank_parts`], so they count as their ranks do, exactly up to
+/// four ranks and within 0.2 % beyond: more single-rank buckets would only add segments for
+/// every step to go through.)
 const ZIPF_EXACT_RANKS: u64 = 1;
 /// Growth ratio of Zipf rank buckets beyond the exact ranks. Each bucket's distinct-page curve
 /// is a mixture over [`MIX_PARTS`] parts of it, so wide buckets count as their ranks do (with

@@ -456,7 +456,14 @@ fn run_budgets(budgets: &[Budget], threads: usize) -> Result<Vec<Outcome>> {
             b.plan
                 .runs
                 .par_iter()
-                .map(|r| (r.run_id, sweep::simulate_run(&b.plan, r)))
+                .map(|r| {
+                    // (Budgets read reports alone: round records are not built.)
+                    let res = sweep::simulate_run_report(&b.plan, r).map(|report| RunResult {
+                        report,
+                        rounds: Vec::new(),
+                    });
+                    (r.run_id, res)
+                })
                 .collect()
         });
         out.push(Outcome {

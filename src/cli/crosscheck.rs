@@ -252,7 +252,7 @@ fn run_one(s: &Scenario, mode: Mode, seed_delta: u64) -> Option<Fig> {
     sc.mode = mode;
     sc.seed = sc.seed.wrapping_add(seed_delta);
     let ck = sc.check().ok()?;
-    let r = sim::simulate(&ck, 0).report;
+    let r = sim::simulate_report(&ck, 0);
     Some(Fig {
         downtime: r.downtime_ns().map_or(f64::NAN, |d| d as f64),
         total: r.total_time_ns as f64,

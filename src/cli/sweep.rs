@@ -635,7 +635,7 @@ pub fn simulate_run(plan: &Plan, r: &RunRef) -> Result<RunResult, String> {
 }
 
 /// [`simulate_run`] without the round records (see [`sim::simulate_report`]).
-fn simulate_run_report(plan: &Plan, r: &RunRef) -> Result<sim::RunReport, String> {
+pub fn simulate_run_report(plan: &Plan, r: &RunRef) -> Result<sim::RunReport, String> {
     simulate_guarded(plan, r, sim::simulate_report)
 }
 
