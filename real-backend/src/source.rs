@@ -334,7 +334,9 @@ impl<'a> Driver<'a> {
             bytes_sent: self.round_bytes,
             pages_dirtied: dirtied,
             bandwidth_bps: bw,
-            est_downtime_ns: transfer_ns((self.send.count() + dirtied) * PAGE_WIRE, est_bw),
+            // (A page both left to send and dirtied again goes once: at a sync in mid-pass
+            // the two sets overlap.)
+            est_downtime_ns: transfer_ns(self.send.union_count(&self.dirty) * PAGE_WIRE, est_bw),
             throttle_pct: self.throttle,
             guest_writes: writes - self.round_start_writes,
         });

@@ -143,6 +143,12 @@ impl Bitmap {
         new
     }
 
+    /// The number of bits set in `self` or `other` (what a stop would have to send of a send set
+    /// and a dirty log), without building the union.
+    pub fn union_count(&self, other: &Bitmap) -> u64 {
+        self.count + self.count_new_within(other, &[(0, self.words.len())])
+    }
+
     /// `self &= !other`. Looks only at the words in `spans` (disjoint `[first, end)` word-index
     /// ranges), outside which `other` must have no bits.
     pub fn remove_within(&mut self, other: &Bitmap, spans: &[(usize, usize)]) {
@@ -321,6 +327,8 @@ mod tests {
             let mut u = b.clone();
             u.or_with(&other);
             prop_assert_eq!(b.count() + b.count_new_within(&other, &spans), u.count());
+            prop_assert_eq!(b.union_count(&other), u.count());
+            prop_assert_eq!(other.union_count(&b), u.count());
             let mut r = b.clone();
             r.remove_within(&other, &spans);
             let mut naive_r = b.clone();
