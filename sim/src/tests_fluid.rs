@@ -93,6 +93,16 @@ fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-300)
 }
 
+/// The figures of a report that [`same`] compares, with their names.
+fn headline(r: &crate::RunReport) -> [(u64, &'static str); 4] {
+    [
+        (r.total_time_ns, "total time"),
+        (r.downtime_ns().unwrap_or(0), "downtime"),
+        (r.bytes_sent, "bytes"),
+        (r.final_pages, "final pages"),
+    ]
+}
+
 fn same(a: &RunResult, b: &RunResult) -> Result<(), String> {
     let (x, y) = (&a.report, &b.report);
     // Sums taken in different steps drift apart by rounding, more the longer a migration
@@ -106,16 +116,7 @@ fn same(a: &RunResult, b: &RunResult) -> Result<(), String> {
             x.status, x.rounds, y.status, y.rounds
         ));
     }
-    for (p, q, what) in [
-        (x.total_time_ns, y.total_time_ns, "total time"),
-        (
-            x.downtime_ns().unwrap_or(0),
-            y.downtime_ns().unwrap_or(0),
-            "downtime",
-        ),
-        (x.bytes_sent, y.bytes_sent, "bytes"),
-        (x.final_pages, y.final_pages, "final pages"),
-    ] {
+    for ((p, what), (q, _)) in headline(x).into_iter().zip(headline(y)) {
         if !close(p, q) {
             return Err(format!("{what}: {p} vs {q}"));
         }
@@ -729,16 +730,9 @@ fn fast_paths_change_nothing_on_random_scenarios() {
             // ulp faster and one slower. The fast path's difference may be no larger than
             // those (a logic error differs where a nudge changes nothing).
             let gap = |a: &RunResult, b: &RunResult| -> f64 {
-                let (x, y) = (&a.report, &b.report);
-                [
-                    (x.total_time_ns, y.total_time_ns),
-                    (x.downtime_ns().unwrap_or(0), y.downtime_ns().unwrap_or(0)),
-                    (x.bytes_sent, y.bytes_sent),
-                    (x.final_pages, y.final_pages),
-                ]
-                .iter()
-                .map(|&(p, q)| p.abs_diff(q) as f64 / p.max(q).max(1) as f64)
-                .fold(0.0, f64::max)
+                (headline(&a.report).into_iter().zip(headline(&b.report)))
+                    .map(|((p, _), (q, _))| p.abs_diff(q) as f64 / p.max(q).max(1) as f64)
+                    .fold(0.0, f64::max)
             };
             let nudged = |bps: f64| {
                 let mut n = s.clone();

@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use rayon::prelude::*;
 use serde::Deserialize;
-use sim::{RunResult, Status};
+use sim::{RunReport, Status};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -292,7 +292,7 @@ fn margin(limit: f64, actual: f64, unit: &str) -> String {
     format!("{m:+.3} {unit} ({pct:+.1}%)")
 }
 
-fn evaluate(b: &Budget, results: &[(usize, Result<RunResult, String>)]) -> Vec<Line> {
+fn evaluate(b: &Budget, results: &[(usize, Result<RunReport, String>)]) -> Vec<Line> {
     let mut lines = Vec::new();
     let failed: Vec<String> = results
         .iter()
@@ -307,27 +307,27 @@ fn evaluate(b: &Budget, results: &[(usize, Result<RunResult, String>)]) -> Vec<L
             ok: false,
         });
     }
-    let ok_runs: Vec<&RunResult> = results.iter().filter_map(|r| r.1.as_ref().ok()).collect();
+    let ok_runs: Vec<&RunReport> = results.iter().filter_map(|r| r.1.as_ref().ok()).collect();
     if ok_runs.is_empty() {
         return lines;
     }
-    let worst_by = |f: &dyn Fn(&RunResult) -> f64| {
+    let worst_by = |f: &dyn Fn(&RunReport) -> f64| {
         ok_runs
             .iter()
             .map(|r| f(r))
             .fold(f64::NEG_INFINITY, f64::max)
     };
     if let Some(lim) = b.limits.max_downtime_ms {
-        let stuck: Vec<&RunResult> = ok_runs
+        let stuck: Vec<&RunReport> = ok_runs
             .iter()
             .copied()
-            .filter(|r| r.report.downtime.is_none())
+            .filter(|r| r.downtime.is_none())
             .collect();
         if let Some(s) = stuck.first() {
             lines.push(Line {
                 check: "downtime",
                 limit: format!("{lim} ms"),
-                actual: format!("none: {}", s.report.status.as_str()),
+                actual: format!("none: {}", s.status.as_str()),
                 margin: format!(
                     "{} of {} runs never switched over",
                     stuck.len(),
@@ -336,7 +336,7 @@ fn evaluate(b: &Budget, results: &[(usize, Result<RunResult, String>)]) -> Vec<L
                 ok: false,
             });
         } else {
-            let a = worst_by(&|r| r.report.downtime_ns().unwrap_or(0) as f64 / 1e6);
+            let a = worst_by(&|r| r.downtime_ns().unwrap_or(0) as f64 / 1e6);
             lines.push(Line {
                 check: "downtime",
                 limit: format!("{lim} ms"),
@@ -347,7 +347,7 @@ fn evaluate(b: &Budget, results: &[(usize, Result<RunResult, String>)]) -> Vec<L
         }
     }
     if let Some(lim) = b.limits.max_total_time_s {
-        let a = worst_by(&|r| r.report.total_time_ns as f64 / 1e9);
+        let a = worst_by(&|r| r.total_time_ns as f64 / 1e9);
         lines.push(Line {
             check: "total time",
             limit: format!("{lim} s"),
@@ -357,7 +357,7 @@ fn evaluate(b: &Budget, results: &[(usize, Result<RunResult, String>)]) -> Vec<L
         });
     }
     if let Some(lim) = b.limits.max_bytes_sent {
-        let a = worst_by(&|r| r.report.bytes_sent as f64);
+        let a = worst_by(&|r| r.bytes_sent as f64);
         let gib = |x: f64| x / (1u64 << 30) as f64;
         lines.push(Line {
             check: "bytes sent",
@@ -368,17 +368,17 @@ fn evaluate(b: &Budget, results: &[(usize, Result<RunResult, String>)]) -> Vec<L
         });
     }
     if b.limits.must_converge {
-        let bad: Vec<&RunResult> = ok_runs
+        let bad: Vec<&RunReport> = ok_runs
             .iter()
             .copied()
-            .filter(|r| r.report.status != Status::Converged)
+            .filter(|r| r.status != Status::Converged)
             .collect();
         lines.push(Line {
             check: "converges",
             limit: "converged".into(),
-            actual: bad.first().map_or("converged".to_string(), |r| {
-                r.report.status.as_str().to_string()
-            }),
+            actual: bad
+                .first()
+                .map_or("converged".to_string(), |r| r.status.as_str().to_string()),
             margin: if bad.is_empty() {
                 format!("all {} runs", ok_runs.len())
             } else {
@@ -386,7 +386,7 @@ fn evaluate(b: &Budget, results: &[(usize, Result<RunResult, String>)]) -> Vec<L
                     "{} of {} runs did not: {}",
                     bad.len(),
                     ok_runs.len(),
-                    bad[0].report.reason
+                    bad[0].reason
                 )
             },
             ok: bad.is_empty(),
@@ -396,7 +396,7 @@ fn evaluate(b: &Budget, results: &[(usize, Result<RunResult, String>)]) -> Vec<L
 }
 
 /// One real migration of a planned run, with the destination in a separate `migsim` process.
-fn real_run(plan: &sweep::Plan, r: &sweep::RunRef) -> Result<RunResult, String> {
+fn real_run(plan: &sweep::Plan, r: &sweep::RunRef) -> Result<RunReport, String> {
     let ck = plan.points[r.point]
         .scenario
         .as_ref()
@@ -412,7 +412,7 @@ fn real_run(plan: &sweep::Plan, r: &sweep::RunRef) -> Result<RunResult, String> 
         ..Default::default()
     };
     real_backend::migrate(ck, &opts)
-        .map(|run| run.result)
+        .map(|run| run.result.report)
         .map_err(|e| format!("real migration failed: {e}"))
 }
 
@@ -436,7 +436,7 @@ fn run_budgets(budgets: &[Budget], threads: usize) -> Result<Vec<Outcome>> {
             }
             // Real migrations run one at a time: they measure this host.
             let t0 = std::time::Instant::now();
-            let results: Vec<(usize, Result<RunResult, String>)> = b
+            let results: Vec<(usize, Result<RunReport, String>)> = b
                 .plan
                 .runs
                 .iter()
@@ -452,18 +452,12 @@ fn run_budgets(budgets: &[Budget], threads: usize) -> Result<Vec<Outcome>> {
             continue;
         }
         let t0 = std::time::Instant::now();
-        let results: Vec<(usize, Result<RunResult, String>)> = pool.install(|| {
+        // (Budgets read reports alone: round records are not built.)
+        let results: Vec<(usize, Result<RunReport, String>)> = pool.install(|| {
             b.plan
                 .runs
                 .par_iter()
-                .map(|r| {
-                    // (Budgets read reports alone: round records are not built.)
-                    let res = sweep::simulate_run_report(&b.plan, r).map(|report| RunResult {
-                        report,
-                        rounds: Vec::new(),
-                    });
-                    (r.run_id, res)
-                })
+                .map(|r| (r.run_id, sweep::simulate_run_report(&b.plan, r)))
                 .collect()
         });
         out.push(Outcome {

@@ -630,7 +630,7 @@ pub fn expand(spec: &SweepSpec) -> Result<Plan> {
 // Running
 
 /// Simulate one run; invalid points and panics become errors.
-pub fn simulate_run(plan: &Plan, r: &RunRef) -> Result<RunResult, String> {
+fn simulate_run(plan: &Plan, r: &RunRef) -> Result<RunResult, String> {
     simulate_guarded(plan, r, sim::simulate)
 }
 
