@@ -275,9 +275,8 @@ fn zipf_buckets(pages: u64, s: f64) -> Vec<(f64, f64, Curve)> {
                 // (`w`, the bucket's weight, is what its parts share.)
                 if l < 64 {
                     let ends = rank_parts(l, h);
-                    let end = |j: usize| ends[j];
-                    for (j, p) in parts.iter_mut().enumerate() {
-                        let (x, y) = (end(j), end(j + 1));
+                    for (p, run) in parts.iter_mut().zip(ends.windows(2)) {
+                        let (x, y) = (run[0], run[1]);
                         if y > x {
                             let part: f64 = (x..y).map(|r| (r as f64).powf(-s)).sum();
                             *p = ((y - x) as f64 / (h - l + 1) as f64, part / w);
